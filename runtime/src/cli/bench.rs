@@ -1,0 +1,124 @@
+//! `small-agent bench llm`: our engine against llama.cpp's own `llama-bench`, same run.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::Subcommand;
+use serde::Serialize;
+use small_agent::bench::{self, LlmBenchParams, LlmBenchResult};
+use small_agent_models::Store;
+
+use super::ModelArgs;
+
+/// `bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Prompt processing (pp) and generation (tg) tokens/s: ours vs llama-bench
+    Llm {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// CPU threads for both engines [default: one per available core]
+        #[arg(long, short = 't', value_name = "N")]
+        threads: Option<i32>,
+        /// Prompt tokens of the pp test
+        #[arg(long, default_value_t = bench::DEFAULT_PP_TOKENS, value_name = "N")]
+        pp: u32,
+        /// Generated tokens of the tg test
+        #[arg(long, default_value_t = bench::DEFAULT_TG_TOKENS, value_name = "N")]
+        tg: u32,
+        /// Repetitions after one warm-up
+        #[arg(long, default_value_t = bench::DEFAULT_REPETITIONS, value_name = "N")]
+        reps: u32,
+        /// llama-bench binary [default: $SMALL_AGENT_HOME/tools/llama-bench]
+        #[arg(long, value_name = "PATH", env = "SMALL_AGENT_LLAMA_BENCH")]
+        llama_bench: Option<PathBuf>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    params: LlmBenchParams,
+    ours: LlmBenchResult,
+    llama_bench: LlmBenchResult,
+    ratio_pp: f64,
+    ratio_tg: f64,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
+    let BenchCommand::Llm {
+        model,
+        threads,
+        pp,
+        tg,
+        reps,
+        llama_bench,
+        json,
+    } = cmd;
+    let params = LlmBenchParams {
+        pp_tokens: pp,
+        tg_tokens: tg,
+        repetitions: reps.max(1),
+        threads: threads.unwrap_or_else(small_agent::engine::default_threads),
+    };
+    let theirs_path = match llama_bench {
+        Some(p) => p,
+        None => Store::from_env()?.home().join("tools").join("llama-bench"),
+    };
+    let path = model.path()?;
+    let loaded = model.load()?;
+    eprintln!(
+        "measuring small-agent: pp{pp} and tg{tg}, {} reps, {} threads ...",
+        params.repetitions, params.threads
+    );
+    let ours = bench::bench_engine(&loaded, &params)?;
+    drop(loaded);
+    eprintln!("measuring llama-bench ({}) ...", theirs_path.display());
+    let theirs = match bench::bench_llama_cpp(&theirs_path, &path, &params) {
+        Ok(t) => t,
+        Err(e) => {
+            print_row("small-agent", &ours, pp, tg);
+            return Err(e.into());
+        }
+    };
+    let report = Report {
+        model: path.display().to_string(),
+        ratio_pp: ours.pp.tokens_per_s / theirs.pp.tokens_per_s,
+        ratio_tg: ours.tg.tokens_per_s / theirs.tg.tokens_per_s,
+        params,
+        ours,
+        llama_bench: theirs,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "model: {}  threads: {}",
+            report.model, report.params.threads
+        );
+        println!(
+            "{:<14} {:>18} {:>18}",
+            "engine",
+            format!("pp{pp} tok/s"),
+            format!("tg{tg} tok/s")
+        );
+        print_row("small-agent", &report.ours, pp, tg);
+        print_row("llama-bench", &report.llama_bench, pp, tg);
+        println!(
+            "{:<14} {:>18.3} {:>18.3}",
+            "ratio", report.ratio_pp, report.ratio_tg
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_row(name: &str, r: &LlmBenchResult, _pp: u32, _tg: u32) {
+    println!(
+        "{:<14} {:>18} {:>18}",
+        name,
+        format!("{:.1} ± {:.1}", r.pp.tokens_per_s, r.pp.stddev),
+        format!("{:.1} ± {:.1}", r.tg.tokens_per_s, r.tg.stddev)
+    );
+}

@@ -1,0 +1,656 @@
+//! The LLM engine: a GGUF model through llama.cpp, sessions that keep their KV cache, and
+//! streaming generation with stop strings, sampling and optional GBNF grammars.
+//!
+//! A [`Session`] owns one llama.cpp context. Sequence 0 holds the conversation; every call
+//! compares its prompt with the tokens already in the cache and evaluates only the new
+//! suffix. The context is created with room for several sequences, so candidates that share
+//! the prompt can later be decoded side by side ([`Session::fork_sequence`]).
+
+mod stop;
+mod utf8;
+
+use std::{
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::Instant,
+};
+
+use llama_cpp_2::{
+    context::{params::LlamaContextParams, LlamaContext},
+    llama_backend::LlamaBackend,
+    llama_batch::LlamaBatch,
+    model::{params::LlamaModelParams, LlamaChatMessage, LlamaChatTemplate, LlamaModel},
+    sampling::LlamaSampler,
+    token::LlamaToken,
+};
+use serde::Serialize;
+
+pub use stop::StopBuffer;
+use utf8::Utf8Decoder;
+
+/// Default context size in tokens (the agent's prompts plus five steps fit comfortably).
+pub const DEFAULT_CTX_SIZE: u32 = 4096;
+/// Default logical batch: how many prompt tokens one `llama_decode` call takes.
+pub const DEFAULT_BATCH: u32 = 512;
+/// Default number of parallel sequences a session's context can hold.
+pub const DEFAULT_SEQUENCES: u32 = 1;
+/// Default cap on generated tokens per call.
+pub const DEFAULT_MAX_TOKENS: u32 = 512;
+/// Default sampling temperature (0 means greedy).
+pub const DEFAULT_TEMPERATURE: f32 = 0.7;
+/// Default nucleus threshold.
+pub const DEFAULT_TOP_P: f32 = 0.95;
+/// Default top-k (0 disables it).
+pub const DEFAULT_TOP_K: i32 = 40;
+/// Default min-p.
+pub const DEFAULT_MIN_P: f32 = 0.05;
+/// Default repeat penalty (1.0 disables it).
+pub const DEFAULT_REPEAT_PENALTY: f32 = 1.0;
+/// How many recent tokens the repeat penalty looks at.
+pub const DEFAULT_REPEAT_LAST_N: i32 = 64;
+/// Default sampling seed.
+pub const DEFAULT_SEED: u32 = 42;
+/// Magic bytes every GGUF file starts with.
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+
+/// Errors of the engine. Messages name sizes and paths and say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model file does not exist.
+    #[error(
+        "model file {0} does not exist: run `small-agent models fetch` for the default model, \
+         or pass --model PATH to a GGUF file"
+    )]
+    ModelNotFound(PathBuf),
+    /// The file exists but is not GGUF.
+    #[error(
+        "{path} is not a GGUF model (it starts with {found:?}, expected \"GGUF\"): pass a .gguf file"
+    )]
+    NotGguf {
+        /// The file.
+        path: PathBuf,
+        /// Its first bytes.
+        found: String,
+    },
+    /// llama.cpp refused the file.
+    #[error(
+        "llama.cpp could not load {path} ({size} B): the file is truncated, corrupt or of an \
+         unsupported architecture; re-fetch it (`small-agent models fetch`) or check its \
+         sha256. Details: RUST_LOG=llama_cpp_2=debug"
+    )]
+    LoadFailed {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The prompt does not fit into the context.
+    #[error(
+        "the prompt is {prompt_tokens} tokens but the context holds {n_ctx} (at least one more \
+         is needed to generate); shorten the input or raise the context size (--ctx-size, the \
+         model was trained with {n_ctx_train})"
+    )]
+    ContextOverflow {
+        /// Tokens of the prompt.
+        prompt_tokens: usize,
+        /// Context size.
+        n_ctx: u32,
+        /// The model's training context.
+        n_ctx_train: u32,
+    },
+    /// The grammar does not parse.
+    #[error("the GBNF grammar is invalid ({0}); llama.cpp logs the parse error under RUST_LOG=llama_cpp_2=warn")]
+    Grammar(String),
+    /// A parameter is out of range.
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+    /// Anything else llama.cpp reported.
+    #[error("llama.cpp: {0}")]
+    Llama(String),
+}
+
+/// Result alias of the engine.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+fn llama_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Llama(e.to_string())
+}
+
+/// llama.cpp's backend is process-wide and may be initialised once.
+fn backend() -> Result<&'static LlamaBackend> {
+    static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Llama(e.clone()))
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with the given role.
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Self {
+            role: role.to_owned(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A loaded GGUF model (weights are memory-mapped; load is cheap).
+pub struct Model {
+    inner: LlamaModel,
+    path: PathBuf,
+    template: LlamaChatTemplate,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("path", &self.path).finish()
+    }
+}
+
+impl Model {
+    /// Loads a GGUF file, checking first that it exists and is GGUF at all.
+    pub fn load(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|_| EngineError::ModelNotFound(path.into()))?;
+        let mut magic = [0u8; 4];
+        let read = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read(&mut f, &mut magic))
+            .map_err(|_| EngineError::ModelNotFound(path.into()))?;
+        if read < 4 || &magic != GGUF_MAGIC {
+            return Err(EngineError::NotGguf {
+                path: path.into(),
+                found: String::from_utf8_lossy(&magic[..read]).into_owned(),
+            });
+        }
+        let backend = backend()?;
+        let params = LlamaModelParams::default();
+        let inner = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
+            tracing::debug!(error = %e, "model load failed");
+            EngineError::LoadFailed {
+                path: path.into(),
+                size: meta.len(),
+            }
+        })?;
+        let template = match inner.chat_template(None) {
+            Ok(t) => t,
+            Err(_) => {
+                // llama.cpp's built-in ChatML is the common denominator of instruct models.
+                tracing::warn!(path = %path.display(), "model has no chat template; using ChatML");
+                LlamaChatTemplate::new("chatml").map_err(llama_err)?
+            }
+        };
+        Ok(Self {
+            inner,
+            path: path.into(),
+            template,
+        })
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The context length the model was trained with.
+    pub fn n_ctx_train(&self) -> u32 {
+        self.inner.n_ctx_train()
+    }
+
+    /// Vocabulary size.
+    pub fn n_vocab(&self) -> i32 {
+        self.inner.n_vocab()
+    }
+
+    /// Tokenizes text; special tokens in the text (e.g. `<|im_start|>`) are parsed as such.
+    pub fn tokenize(&self, text: &str, add_bos: bool) -> Vec<LlamaToken> {
+        self.inner.vocab().tokenize(text.as_bytes(), add_bos, true)
+    }
+
+    /// Renders messages with the model's own chat template. `add_assistant` opens the
+    /// assistant turn for the model to continue.
+    pub fn render_chat(&self, messages: &[ChatMessage], add_assistant: bool) -> Result<String> {
+        let msgs = messages
+            .iter()
+            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| EngineError::InvalidParameter(format!("chat message: {e}")))?;
+        self.inner
+            .apply_chat_template(&self.template, &msgs, add_assistant)
+            .map_err(llama_err)
+    }
+
+    /// Opens a session with its own context and KV cache.
+    pub fn session(&self, params: &SessionParams) -> Result<Session<'_>> {
+        Session::new(self, params)
+    }
+}
+
+/// Parameters of a session's context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionParams {
+    /// Context size in tokens (shared by all sequences).
+    pub n_ctx: u32,
+    /// Threads for generation.
+    pub n_threads: i32,
+    /// Threads for prompt processing.
+    pub n_threads_batch: i32,
+    /// Logical batch size.
+    pub n_batch: u32,
+    /// Parallel sequences the context can hold.
+    pub n_seq_max: u32,
+}
+
+/// Threads to use by default: one per available core.
+pub fn default_threads() -> i32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as i32)
+}
+
+impl Default for SessionParams {
+    fn default() -> Self {
+        let t = default_threads();
+        Self {
+            n_ctx: DEFAULT_CTX_SIZE,
+            n_threads: t,
+            n_threads_batch: t,
+            n_batch: DEFAULT_BATCH,
+            n_seq_max: DEFAULT_SEQUENCES,
+        }
+    }
+}
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SamplingParams {
+    /// Temperature; `<= 0` means greedy (argmax).
+    pub temperature: f32,
+    /// Nucleus sampling threshold (1.0 disables).
+    pub top_p: f32,
+    /// Top-k (0 disables).
+    pub top_k: i32,
+    /// Min-p (0 disables).
+    pub min_p: f32,
+    /// Repeat penalty (1.0 disables).
+    pub repeat_penalty: f32,
+    /// Window of the repeat penalty.
+    pub repeat_last_n: i32,
+    /// Seed of the random sampler; equal seeds give equal outputs.
+    pub seed: u32,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: DEFAULT_TEMPERATURE,
+            top_p: DEFAULT_TOP_P,
+            top_k: DEFAULT_TOP_K,
+            min_p: DEFAULT_MIN_P,
+            repeat_penalty: DEFAULT_REPEAT_PENALTY,
+            repeat_last_n: DEFAULT_REPEAT_LAST_N,
+            seed: DEFAULT_SEED,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Argmax decoding.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
+    }
+
+    fn build(&self, model: &Model, grammar: Option<&str>) -> Result<LlamaSampler> {
+        let mut chain = Vec::new();
+        if let Some(g) = grammar {
+            // First, so that the truncating samplers below only ever see admissible tokens.
+            chain.push(
+                LlamaSampler::grammar(&model.inner, g, "root")
+                    .map_err(|e| EngineError::Grammar(e.to_string()))?,
+            );
+        }
+        if self.repeat_penalty != 1.0 {
+            chain.push(LlamaSampler::penalties(
+                model.n_vocab(),
+                self.repeat_last_n,
+                self.repeat_penalty,
+                0.0,
+                0.0,
+            ));
+        }
+        if self.temperature <= 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            if self.top_k > 0 {
+                chain.push(LlamaSampler::top_k(self.top_k));
+            }
+            if self.top_p < 1.0 {
+                chain.push(LlamaSampler::top_p(self.top_p, 1));
+            }
+            if self.min_p > 0.0 {
+                chain.push(LlamaSampler::min_p(self.min_p, 1));
+            }
+            chain.push(LlamaSampler::temp(self.temperature));
+            chain.push(LlamaSampler::dist(self.seed));
+        }
+        Ok(LlamaSampler::chain_simple(chain))
+    }
+}
+
+/// One generation request.
+#[derive(Debug, Clone, Default)]
+pub struct GenerateParams {
+    /// Cap on generated tokens.
+    pub max_tokens: u32,
+    /// Sampling settings.
+    pub sampling: SamplingParams,
+    /// Generation ends before the first occurrence of any of these; it is not emitted.
+    pub stop: Vec<String>,
+    /// Optional GBNF grammar (root rule `root`).
+    pub grammar: Option<String>,
+    /// Keep generating past end-of-generation tokens (benchmarks only).
+    pub ignore_eog: bool,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop string was produced.
+    Stop,
+    /// The model produced an end-of-generation token.
+    EndOfText,
+    /// `max_tokens` was reached.
+    Length,
+    /// The context is full; the reply may be incomplete.
+    ContextFull,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+/// Token counts and times of one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct CallStats {
+    /// Tokens of the prompt.
+    pub prompt_tokens: usize,
+    /// Of those, tokens already in the KV cache (not evaluated again).
+    pub cached_tokens: usize,
+    /// Time to evaluate the new prompt tokens.
+    pub prompt_ms: f64,
+    /// Tokens generated.
+    pub gen_tokens: usize,
+    /// Time spent generating.
+    pub gen_ms: f64,
+}
+
+/// The result of one call.
+#[derive(Debug, Clone, Serialize)]
+pub struct Completion {
+    /// Generated text, without the stop string.
+    pub text: String,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// The stop string that ended it, if any.
+    pub stop: Option<String>,
+    /// Counts and times.
+    #[serde(flatten)]
+    pub stats: CallStats,
+}
+
+/// A context with its KV cache and the tokens each sequence holds.
+pub struct Session<'m> {
+    model: &'m Model,
+    ctx: LlamaContext<'m>,
+    params: SessionParams,
+    /// `cached[s]` = the tokens in the KV cache of sequence `s`, in position order.
+    cached: Vec<Vec<LlamaToken>>,
+    batch: LlamaBatch<'static>,
+}
+
+impl std::fmt::Debug for Session<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("params", &self.params)
+            .field(
+                "cached",
+                &self.cached.iter().map(Vec::len).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Length of the common prefix of two token lists.
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+impl<'m> Session<'m> {
+    fn new(model: &'m Model, params: &SessionParams) -> Result<Self> {
+        let n_ctx = NonZeroU32::new(params.n_ctx)
+            .ok_or_else(|| EngineError::InvalidParameter("context size must be > 0".into()))?;
+        if params.n_threads < 1 || params.n_threads_batch < 1 {
+            return Err(EngineError::InvalidParameter("threads must be >= 1".into()));
+        }
+        if params.n_seq_max < 1 || params.n_batch < 1 {
+            return Err(EngineError::InvalidParameter(
+                "sequences and batch size must be >= 1".into(),
+            ));
+        }
+        let cparams = LlamaContextParams::default()
+            .with_n_ctx(Some(n_ctx))
+            .with_n_batch(params.n_batch)
+            .with_n_ubatch(params.n_batch.min(DEFAULT_BATCH))
+            .with_n_seq_max(params.n_seq_max)
+            .with_n_threads(params.n_threads)
+            .with_n_threads_batch(params.n_threads_batch);
+        let ctx = model
+            .inner
+            .new_context(backend()?, cparams)
+            .map_err(llama_err)?;
+        let batch_cap = params.n_batch.max(params.n_seq_max) as usize;
+        Ok(Self {
+            model,
+            ctx,
+            params: params.clone(),
+            cached: vec![Vec::new(); params.n_seq_max as usize],
+            batch: LlamaBatch::new(batch_cap, params.n_seq_max as i32),
+        })
+    }
+
+    /// The model of this session.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Context size: the one requested (llama.cpp rounds its allocation up to a multiple
+    /// of 256; the session still keeps to what was asked for).
+    pub fn n_ctx(&self) -> u32 {
+        self.params.n_ctx.min(self.ctx.n_ctx())
+    }
+
+    /// Tokens held in the KV cache of sequence `seq`.
+    pub fn cached_tokens(&self, seq: usize) -> &[LlamaToken] {
+        &self.cached[seq]
+    }
+
+    /// Drops everything from the KV cache.
+    pub fn clear(&mut self) {
+        self.ctx.clear_kv_cache();
+        self.cached.iter_mut().for_each(Vec::clear);
+    }
+
+    /// Makes sequence `dst` a copy of sequence `src` (sharing the KV cells, no re-evaluation).
+    pub fn fork_sequence(&mut self, src: usize, dst: usize) -> Result<()> {
+        let n = self.cached.len();
+        if src >= n || dst >= n || src == dst {
+            return Err(EngineError::InvalidParameter(format!(
+                "fork {src} -> {dst} with {n} sequences"
+            )));
+        }
+        self.ctx
+            .clear_kv_cache_seq(Some(dst as u32), None, None)
+            .map_err(llama_err)?;
+        self.ctx
+            .copy_kv_cache_seq(src as i32, dst as i32, None, None)
+            .map_err(llama_err)?;
+        self.cached[dst] = self.cached[src].clone();
+        Ok(())
+    }
+
+    /// A one-or-more-turn chat: renders the messages with the model's template, opens the
+    /// assistant turn and generates.
+    pub fn chat(
+        &mut self,
+        messages: &[ChatMessage],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Completion> {
+        let prompt = self.model.render_chat(messages, true)?;
+        self.complete(&prompt, params, on_text)
+    }
+
+    /// Generates a continuation of raw `prompt` text (special tokens parsed) on sequence 0.
+    pub fn complete(
+        &mut self,
+        prompt: &str,
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Completion> {
+        let tokens = self.model.tokenize(prompt, true);
+        self.complete_tokens(&tokens, params, on_text)
+    }
+
+    /// Generates a continuation of `prompt` tokens on sequence 0, evaluating only the part
+    /// of the prompt not already in the KV cache. `on_text` receives the text as it is
+    /// produced (never a part of a stop string) and returns `false` to cancel.
+    pub fn complete_tokens(
+        &mut self,
+        prompt: &[LlamaToken],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Completion> {
+        const SEQ: usize = 0;
+        let n_ctx = self.n_ctx();
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidParameter("empty prompt".into()));
+        }
+        if prompt.len() >= n_ctx as usize {
+            return Err(EngineError::ContextOverflow {
+                prompt_tokens: prompt.len(),
+                n_ctx,
+                n_ctx_train: self.model.n_ctx_train(),
+            });
+        }
+        // Build the sampler before touching the cache, so a bad grammar changes nothing.
+        let mut sampler = params
+            .sampling
+            .build(self.model, params.grammar.as_deref())?;
+
+        let t0 = Instant::now();
+        let mut reuse = common_prefix(&self.cached[SEQ], prompt);
+        if reuse == prompt.len() {
+            // Logits come only from evaluated tokens: evaluate at least the last one.
+            reuse -= 1;
+        }
+        if reuse < self.cached[SEQ].len() {
+            self.ctx
+                .clear_kv_cache_seq(Some(SEQ as u32), Some(reuse as u32), None)
+                .map_err(llama_err)?;
+            self.cached[SEQ].truncate(reuse);
+        }
+        self.eval(SEQ, &prompt[reuse..])?;
+        let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+        let t1 = Instant::now();
+        let mut text = String::new();
+        let mut decoder = Utf8Decoder::default();
+        let mut stops = StopBuffer::new(&params.stop);
+        let mut gen_tokens = 0usize;
+        let mut finish = FinishReason::Length;
+        let mut stop_hit = None;
+        let model: &'m Model = self.model;
+        let vocab = model.inner.vocab();
+        while gen_tokens < params.max_tokens as usize {
+            if self.cached[SEQ].len() >= n_ctx as usize {
+                finish = FinishReason::ContextFull;
+                break;
+            }
+            let token = sampler.sample(&self.ctx, self.batch.n_tokens() - 1);
+            gen_tokens += 1;
+            if !params.ignore_eog && vocab.is_eog(token) {
+                finish = FinishReason::EndOfText;
+                break;
+            }
+            let piece = decoder.push(&vocab.token_to_piece(token, false, None));
+            let (emit, hit) = stops.push(&piece);
+            text.push_str(&emit);
+            let keep_going = emit.is_empty() || on_text(&emit);
+            if let Some(s) = hit {
+                finish = FinishReason::Stop;
+                stop_hit = Some(s.to_owned());
+                break;
+            }
+            if !keep_going {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            if gen_tokens == params.max_tokens as usize {
+                break;
+            }
+            self.eval(SEQ, &[token])?;
+        }
+        if stop_hit.is_none() {
+            let rest = stops.finish(&decoder.finish());
+            if !rest.is_empty() {
+                text.push_str(&rest);
+                on_text(&rest);
+            }
+        }
+        Ok(Completion {
+            text,
+            finish_reason: finish,
+            stop: stop_hit,
+            stats: CallStats {
+                prompt_tokens: prompt.len(),
+                cached_tokens: reuse,
+                prompt_ms,
+                gen_tokens,
+                gen_ms: t1.elapsed().as_secs_f64() * 1e3,
+            },
+        })
+    }
+
+    /// Evaluates `tokens` at the end of sequence `seq`, in batches; logits of the last one
+    /// are kept for sampling.
+    fn eval(&mut self, seq: usize, tokens: &[LlamaToken]) -> Result<()> {
+        // llama.cpp may lower the batch it was asked for (never above the context size).
+        let n_batch = self.ctx.n_batch() as usize;
+        for (i, chunk) in tokens.chunks(n_batch).enumerate() {
+            let last_chunk = (i + 1) * n_batch >= tokens.len();
+            self.batch.clear();
+            for (j, t) in chunk.iter().enumerate() {
+                let pos = self.cached[seq].len() + j;
+                let logits = last_chunk && j + 1 == chunk.len();
+                self.batch
+                    .add(*t, pos as i32, &[seq as i32], logits)
+                    .map_err(llama_err)?;
+            }
+            self.ctx.decode(&mut self.batch).map_err(llama_err)?;
+            self.cached[seq].extend_from_slice(chunk);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's own `llama-bench`, the baseline of `small-agent bench llm`, against the
+# exact llama.cpp that small-agent links: the source vendored by the llama-cpp-sys-2 version
+# in Cargo.lock, with the switches our build uses (Release, native CPU, no OpenMP).
+#
+# That crate ships llama.cpp's libraries but not the tools/ sources, so the llama-bench
+# driver (tools/llama-bench/*.cpp, ~2.5k lines that only time llama_decode calls) is taken
+# from the llama.cpp vendored in the llama-cpp-python sdist, fetched with pip from the
+# package registry. Installs $SMALL_AGENT_HOME/tools/llama-bench.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# The sdist whose vendored llama.cpp provides the llama-bench driver (ggml 0.25.3; ours is
+# 0.26.0 and the llama.h API the driver uses is unchanged between them).
+DRIVER_SDIST=llama-cpp-python==0.3.36
+DRIVER_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+home=${SMALL_AGENT_HOME:-$HOME/.cache/small-agent}
+src=$(cargo metadata --format-version 1 --locked | python3 -c '
+import json, sys, os
+m = json.load(sys.stdin)
+p = [p for p in m["packages"] if p["name"] == "llama-cpp-sys-2"][0]
+print(os.path.join(os.path.dirname(p["manifest_path"]), "llama.cpp"))')
+version=$(basename "$(dirname "$src")")
+out="$home/tools/$version"
+if [ -x "$out/bin/llama-bench" ] && [ "$(readlink "$home/tools/llama-bench")" = "$out/bin/llama-bench" ]; then
+  echo "llama-bench for $version is already built: $home/tools/llama-bench" >&2
+  exit 0
+fi
+work="$home/tools/build-$version"
+rm -rf "$work" && mkdir -p "$work"
+trap 'rm -rf "$work"' EXIT
+
+echo "fetching the llama-bench driver from $DRIVER_SDIST (pip download)" >&2
+python3 -m pip download --no-deps --no-binary :all: --disable-pip-version-check -q -d "$work/dl" "$DRIVER_SDIST"
+sdist=$(ls "$work"/dl/*.tar.gz)
+echo "$DRIVER_SHA256  $sdist" | sha256sum -c --quiet - || {
+  echo "build-llama-bench.sh: $DRIVER_SDIST does not match its pinned sha256; refusing to build it" >&2
+  exit 2
+}
+tar -xzf "$sdist" -C "$work" --wildcards --strip-components=5 '*/vendor/llama.cpp/tools/llama-bench/*.cpp'
+mkdir -p "$work/driver" && mv "$work"/*.cpp "$work/driver/"
+
+# A small CMake project: llama.cpp's libraries from the crate's source, the driver on top.
+cat > "$work/CMakeLists.txt" <<CMAKE
+cmake_minimum_required(VERSION 3.14)
+project(small_agent_llama_bench C CXX)
+set(CMAKE_CXX_STANDARD 17)
+add_subdirectory("$src" llama.cpp)
+add_executable(llama-bench driver/llama-bench.cpp driver/main.cpp)
+target_link_libraries(llama-bench PRIVATE llama-common llama \${CMAKE_THREAD_LIBS_INIT})
+CMAKE
+echo "building llama-bench against $src (a cold build takes ~5 min on 2 cores)" >&2
+cmake -S "$work" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_OPENMP=OFF \
+  -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TESTS=OFF \
+  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+  -DBUILD_SHARED_LIBS=OFF >/dev/null
+cmake --build "$work/build" --target llama-bench -j "$(nproc)"
+mkdir -p "$out/bin"
+cp "$work/build/llama-bench" "$out/bin/llama-bench.tmp"
+mv "$out/bin/llama-bench.tmp" "$out/bin/llama-bench"
+ln -sfn "$out/bin/llama-bench" "$home/tools/llama-bench"
+echo "installed $home/tools/llama-bench" >&2

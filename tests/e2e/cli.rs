@@ -1,0 +1,229 @@
+//! The `small-agent` binary: exit codes, `--help`, `--json` shapes.
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn cmd() -> Command {
+    let mut c = Command::cargo_bin("small-agent").unwrap();
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["ask", "--help"],
+        vec!["generate", "--help"],
+        vec!["models", "--help"],
+        vec!["models", "fetch", "--help"],
+        vec!["models", "list", "--help"],
+        vec!["bench", "--help"],
+        vec!["bench", "llm", "--help"],
+    ] {
+        let out = cmd().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    cmd()
+        .args(["generate", "--no-such-flag", "x"])
+        .assert()
+        .code(2);
+    cmd().arg("no-such-command").assert().code(2);
+    cmd()
+        .args(["generate", "--model", "/nonexistent/model.gguf", "hi"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("does not exist"));
+    cmd()
+        .args(["models", "fetch", "no-such-asset"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("models list"));
+}
+
+#[test]
+fn generate_json_returns_text_and_timings() {
+    crate::default_model_path();
+    let out = cmd()
+        .args([
+            "generate",
+            "--json",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "32",
+            "Name three colours.",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_of(&out);
+    assert!(!v["text"].as_str().unwrap().trim().is_empty(), "{v}");
+    for k in ["prompt_tokens", "cached_tokens", "gen_tokens"] {
+        assert!(v[k].as_u64().is_some(), "{k} missing: {v}");
+    }
+    for k in ["prompt_ms", "gen_ms"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    assert!(
+        v["finish_reason"].is_string() && v["model"].is_string(),
+        "{v}"
+    );
+}
+
+#[test]
+fn generate_streams_and_reads_stdin() {
+    crate::default_model_path();
+    let out = cmd()
+        .args(["generate", "--temperature", "0", "--max-tokens", "16", "-"])
+        .write_stdin("Say hello.")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prompt tokens"));
+}
+
+#[test]
+fn context_overflow_fails_the_task_with_sizes() {
+    crate::default_model_path();
+    let long = "lorem ipsum ".repeat(100);
+    cmd()
+        .args(["generate", "--ctx-size", "64", &long])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("context holds 64"));
+}
+
+#[test]
+fn models_list_json_shows_the_installed_default_model() {
+    let path = crate::default_model_path();
+    let out = cmd().args(["models", "list", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v = json_of(&out);
+    let m = v["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == small_agent_models::DEFAULT_LLM)
+        .expect("default model listed")
+        .clone();
+    assert_eq!(m["installed"], true, "{m}");
+    assert_eq!(m["files"][0]["path"], path.display().to_string());
+    assert_eq!(m["files"][0]["size"], 98_362_432);
+}
+
+#[test]
+fn models_fetch_is_idempotent_on_the_installed_default() {
+    crate::default_model_path();
+    cmd()
+        .args(["models", "fetch"])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("installed and verified"));
+}
+
+#[test]
+fn bench_llm_reports_both_engines_and_their_ratio() {
+    let model = crate::default_model_path();
+    let out = cmd()
+        .args([
+            "bench",
+            "llm",
+            "--pp",
+            "64",
+            "--tg",
+            "16",
+            "--reps",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_of(&out);
+    assert_eq!(v["model"], model.display().to_string());
+    for engine in ["ours", "llama_bench"] {
+        for test in ["pp", "tg"] {
+            assert!(
+                v[engine][test]["tokens_per_s"].as_f64().unwrap() > 0.0,
+                "{v}"
+            );
+        }
+    }
+    for r in ["ratio_pp", "ratio_tg"] {
+        let ratio = v[r].as_f64().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{r}: {v}");
+    }
+}
+
+#[test]
+fn bench_llm_without_llama_bench_says_how_to_build_it() {
+    crate::default_model_path();
+    cmd()
+        .args([
+            "bench",
+            "llm",
+            "--pp",
+            "16",
+            "--tg",
+            "4",
+            "--reps",
+            "1",
+            "--llama-bench",
+            "/nonexistent/llama-bench",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("build-llama-bench.sh"));
+}
+
+#[test]
+fn ask_answers_and_says_how() {
+    crate::default_model_path();
+    let out = cmd()
+        .args([
+            "ask",
+            "--json",
+            "--max-tokens",
+            "48",
+            "What is the capital of France?",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_of(&out);
+    assert!(v["answer"].as_str().unwrap().contains("Paris"), "{v}");
+    assert_eq!(v["mode"], "model-only");
+}

@@ -1,0 +1,262 @@
+//! The engine on the real model: template, stop strings, seeds, KV reuse, limits, errors.
+use std::io::Write;
+
+use small_agent::{
+    engine::SessionParams, ChatMessage, EngineError, FinishReason, GenerateParams, Model,
+    SamplingParams,
+};
+
+fn model() -> Model {
+    Model::load(&crate::default_model_path()).expect("default model loads")
+}
+
+fn params(n_ctx: u32) -> SessionParams {
+    SessionParams {
+        n_ctx,
+        n_threads: 1,
+        n_threads_batch: 1,
+        ..SessionParams::default()
+    }
+}
+
+fn greedy(max_tokens: u32) -> GenerateParams {
+    GenerateParams {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    }
+}
+
+fn user(text: &str) -> Vec<ChatMessage> {
+    vec![ChatMessage::new("user", text)]
+}
+
+#[test]
+fn chat_template_is_the_models_own_and_generation_answers() {
+    let m = model();
+    let rendered = m.render_chat(&user("Name three colours."), true).unwrap();
+    assert!(
+        rendered.contains("<|im_start|>user\nName three colours.<|im_end|>")
+            && rendered.ends_with("<|im_start|>assistant\n"),
+        "not ChatML: {rendered:?}"
+    );
+    let mut s = m.session(&params(1024)).unwrap();
+    let mut streamed = String::new();
+    let c = s
+        .chat(&user("Name three colours."), &greedy(48), &mut |t| {
+            streamed.push_str(t);
+            true
+        })
+        .unwrap();
+    assert_eq!(streamed, c.text, "streamed text differs from the result");
+    let lower = c.text.to_lowercase();
+    assert!(
+        ["red", "blue", "green", "yellow"]
+            .iter()
+            .filter(|w| lower.contains(*w))
+            .count()
+            >= 2,
+        "{:?}",
+        c.text
+    );
+    assert!(c.stats.prompt_tokens > 5 && c.stats.gen_tokens > 0 && c.stats.gen_ms > 0.0);
+}
+
+#[test]
+fn stop_strings_end_generation_and_are_not_emitted() {
+    let m = model();
+    let q = user("Write the numbers from one to twenty in words, separated by commas.");
+    let free = m
+        .session(&params(1024))
+        .unwrap()
+        .chat(&q, &greedy(64), &mut |_| true)
+        .unwrap();
+    // Stop at the second word of the free-running output: it must end right before it.
+    let words: Vec<&str> = free.text.split_whitespace().collect();
+    assert!(words.len() > 3, "{:?}", free.text);
+    let stop = words[2].to_owned();
+    let cut = free.text.find(&stop).unwrap();
+    let mut streamed = String::new();
+    let c = m
+        .session(&params(1024))
+        .unwrap()
+        .chat(
+            &q,
+            &GenerateParams {
+                stop: vec![stop.clone()],
+                ..greedy(64)
+            },
+            &mut |t| {
+                streamed.push_str(t);
+                true
+            },
+        )
+        .unwrap();
+    assert_eq!(c.finish_reason, FinishReason::Stop);
+    assert_eq!(c.stop.as_deref(), Some(stop.as_str()));
+    assert_eq!(c.text, free.text[..cut], "stop {stop:?}");
+    assert_eq!(streamed, c.text);
+}
+
+#[test]
+fn a_fixed_seed_gives_identical_output() {
+    let m = model();
+    let sample = |seed| {
+        let p = GenerateParams {
+            max_tokens: 40,
+            sampling: SamplingParams {
+                temperature: 1.0,
+                seed,
+                ..SamplingParams::default()
+            },
+            ..Default::default()
+        };
+        m.session(&params(512))
+            .unwrap()
+            .chat(&user("Tell me a story about a cat."), &p, &mut |_| true)
+            .unwrap()
+            .text
+    };
+    let a = sample(7);
+    assert_eq!(a, sample(7), "same seed, different text");
+    let others = [sample(8), sample(9), sample(10)];
+    assert!(others.iter().any(|o| *o != a), "the seed has no effect");
+}
+
+#[test]
+fn kv_cache_is_reused_and_only_new_tokens_are_evaluated() {
+    let m = model();
+    let mut s = m.session(&params(2048)).unwrap();
+    let mut msgs = user("What is the capital of France?");
+    let first = s.chat(&msgs, &greedy(24), &mut |_| true).unwrap();
+    assert_eq!(first.stats.cached_tokens, 0);
+    msgs.push(ChatMessage::new("assistant", first.text.clone()));
+    msgs.push(ChatMessage::new("user", "And of Italy?"));
+    let second = s.chat(&msgs, &greedy(24), &mut |_| true).unwrap();
+    let prompt2 = m.tokenize(&m.render_chat(&msgs, true).unwrap(), true);
+    assert_eq!(second.stats.prompt_tokens, prompt2.len());
+    // Everything up to the first reply is already in the cache.
+    assert!(
+        second.stats.cached_tokens >= first.stats.prompt_tokens,
+        "{:?} then {:?}",
+        first.stats,
+        second.stats
+    );
+    assert!(second.stats.cached_tokens < second.stats.prompt_tokens);
+    assert_eq!(&s.cached_tokens(0)[..prompt2.len()], &prompt2[..]);
+    // The same request on a cold cache evaluates everything and answers the same.
+    let cold = m
+        .session(&params(2048))
+        .unwrap()
+        .chat(&msgs, &greedy(24), &mut |_| true)
+        .unwrap();
+    assert_eq!(cold.stats.cached_tokens, 0);
+    assert_eq!(cold.text, second.text);
+    // Asking the identical prompt again re-evaluates only its last token.
+    let again = s.chat(&msgs, &greedy(4), &mut |_| true).unwrap();
+    assert_eq!(again.stats.cached_tokens, again.stats.prompt_tokens - 1);
+}
+
+#[test]
+fn sequences_can_be_forked_without_re_evaluation() {
+    let m = model();
+    let mut s = m
+        .session(&SessionParams {
+            n_seq_max: 4,
+            ..params(1024)
+        })
+        .unwrap();
+    s.chat(&user("Hello"), &greedy(4), &mut |_| true).unwrap();
+    for dst in 1..4 {
+        s.fork_sequence(0, dst).unwrap();
+        assert_eq!(s.cached_tokens(dst), s.cached_tokens(0));
+    }
+    assert!(matches!(
+        s.fork_sequence(0, 4),
+        Err(EngineError::InvalidParameter(_))
+    ));
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_an_error_naming_the_sizes() {
+    let m = model();
+    let mut s = m.session(&params(64)).unwrap();
+    let long = "word ".repeat(200);
+    let err = s.chat(&user(&long), &greedy(8), &mut |_| true).unwrap_err();
+    match &err {
+        EngineError::ContextOverflow {
+            prompt_tokens,
+            n_ctx,
+            ..
+        } => assert!(*prompt_tokens > 64 && *n_ctx == 64),
+        e => panic!("expected overflow, got {e}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("64") && msg.contains("--ctx-size"), "{msg}");
+    // The session is still usable afterwards.
+    s.chat(&user("Hi"), &greedy(2), &mut |_| true).unwrap();
+}
+
+#[test]
+fn a_full_context_ends_generation_visibly() {
+    let m = model();
+    let mut s = m.session(&params(48)).unwrap();
+    let c = s
+        .chat(
+            &user("Count to one hundred."),
+            &GenerateParams {
+                ignore_eog: true,
+                ..greedy(200)
+            },
+            &mut |_| true,
+        )
+        .unwrap();
+    assert_eq!(c.finish_reason, FinishReason::ContextFull);
+    assert_eq!(s.cached_tokens(0).len(), 48);
+}
+
+#[test]
+fn a_grammar_constrains_the_output() {
+    let m = model();
+    let mut s = m.session(&params(512)).unwrap();
+    let p = GenerateParams {
+        grammar: Some(r#"root ::= ("yes" | "no") "." "#.to_owned()),
+        ..greedy(8)
+    };
+    let c = s
+        .chat(&user("Is the sky green?"), &p, &mut |_| true)
+        .unwrap();
+    assert!(c.text == "yes." || c.text == "no.", "{:?}", c.text);
+    let bad = GenerateParams {
+        grammar: Some("root ::= (".to_owned()),
+        ..greedy(8)
+    };
+    assert!(matches!(
+        s.chat(&user("x"), &bad, &mut |_| true),
+        Err(EngineError::Grammar(_))
+    ));
+}
+
+#[test]
+fn missing_foreign_and_truncated_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.gguf");
+    let e = Model::load(&missing).unwrap_err();
+    assert!(matches!(e, EngineError::ModelNotFound(_)), "{e}");
+    assert!(e.to_string().contains("models fetch"), "{e}");
+
+    let text = dir.path().join("notes.gguf");
+    std::fs::write(&text, "hello, not a model").unwrap();
+    let e = Model::load(&text).unwrap_err();
+    assert!(matches!(e, EngineError::NotGguf { .. }), "{e}");
+
+    let truncated = dir.path().join("truncated.gguf");
+    let real = std::fs::read(crate::default_model_path()).unwrap();
+    std::fs::File::create(&truncated)
+        .unwrap()
+        .write_all(&real[..real.len() / 3])
+        .unwrap();
+    let e = Model::load(&truncated).unwrap_err();
+    assert!(matches!(e, EngineError::LoadFailed { .. }), "{e}");
+    assert!(e.to_string().contains("truncated"), "{e}");
+}

@@ -1,0 +1,19 @@
+//! End-to-end tests of small-agent on the real default model (fetched by
+//! `scripts/setup.sh`). One test binary; one module per subject.
+mod cli;
+mod engine;
+
+use std::path::PathBuf;
+
+/// Path of the fetched default model; fails with the fix when it is not installed.
+pub fn default_model_path() -> PathBuf {
+    let catalog = small_agent_models::Catalog::builtin().unwrap();
+    let store = small_agent_models::Store::from_env().unwrap();
+    let m = catalog.require(small_agent_models::DEFAULT_LLM).unwrap();
+    assert!(
+        store.is_installed(m),
+        "the default model is not installed in {}: run scripts/setup.sh (or `small-agent models fetch`)",
+        store.home().display()
+    );
+    store.primary_path(m)
+}
