@@ -118,6 +118,80 @@ pub fn bench_engine(model: &Model, params: &LlmBenchParams) -> Result<LlmBenchRe
     })
 }
 
+/// Default number of parallel candidates (the paper's self-consistent action generation).
+pub const DEFAULT_PARALLEL: u32 = 8;
+
+/// Wall time of one generation step with one sequence and with `n` parallel sequences.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ParallelBenchResult {
+    /// Candidates in the parallel step.
+    pub n: u32,
+    /// Tokens generated per candidate.
+    pub tokens: u32,
+    /// Milliseconds (mean over repetitions) for one sequence.
+    pub single_ms: f64,
+    /// Milliseconds (mean over repetitions) for `n` sequences in one batch.
+    pub parallel_ms: f64,
+    /// `parallel_ms / single_ms` (the target for n = 8 is at most 2).
+    pub ratio: f64,
+}
+
+/// Measures one agent-like step: a prompt already in the cache, then `tokens` generated
+/// tokens per candidate (temperature 0.4, top-p 0.8 as in the paper), once with a single
+/// sequence and once with `n` sequences decoded side by side.
+pub fn bench_parallel(
+    model: &Model,
+    params: &LlmBenchParams,
+    n: u32,
+) -> Result<ParallelBenchResult, EngineError> {
+    let sp = SessionParams {
+        n_ctx: params.pp_tokens + n * params.tg_tokens + 16,
+        n_threads: params.threads,
+        n_threads_batch: params.threads,
+        n_batch: params.pp_tokens.max(n),
+        n_seq_max: n,
+    };
+    let mut session = model.session(&sp)?;
+    let prompt = random_tokens(params.pp_tokens as usize, model.n_vocab(), 0x5eed);
+    let gen = GenerateParams {
+        max_tokens: params.tg_tokens,
+        sampling: SamplingParams {
+            temperature: 0.4,
+            top_p: 0.8,
+            ..SamplingParams::default()
+        },
+        ignore_eog: true,
+        ..Default::default()
+    };
+    let (mut single, mut parallel) = (Vec::new(), Vec::new());
+    for rep in 0..=params.repetitions {
+        for (k, out) in [(1, &mut single), (n as usize, &mut parallel)] {
+            // The step's prompt is in the cache already, as after an agent's first step.
+            session.complete_tokens(
+                &prompt,
+                &GenerateParams {
+                    max_tokens: 1,
+                    ..gen.clone()
+                },
+                &mut |_| true,
+            )?;
+            let c = session.complete_parallel(&prompt, k, &gen, &mut |_, _| true)?;
+            if rep > 0 {
+                out.push(c[0].stats.prompt_ms + c[0].stats.gen_ms);
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (single_ms, parallel_ms) = (mean(&single), mean(&parallel));
+    Ok(ParallelBenchResult {
+        n,
+        tokens: params.tg_tokens,
+        single_ms,
+        parallel_ms,
+        ratio: parallel_ms / single_ms,
+    })
+}
+
 /// Errors of running `llama-bench`.
 #[derive(Debug, thiserror::Error)]
 pub enum LlamaBenchError {

@@ -29,6 +29,7 @@ fn every_command_has_help() {
         vec!["models", "list", "--help"],
         vec!["bench", "--help"],
         vec!["bench", "llm", "--help"],
+        vec!["bench", "parallel", "--help"],
     ] {
         let out = cmd().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -96,7 +97,16 @@ fn generate_json_returns_text_and_timings() {
 fn generate_streams_and_reads_stdin() {
     crate::default_model_path();
     let out = cmd()
-        .args(["generate", "--temperature", "0", "--max-tokens", "16", "-"])
+        .args([
+            "generate",
+            "--threads",
+            "1",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "16",
+            "-",
+        ])
         .write_stdin("Say hello.")
         .output()
         .unwrap();
@@ -226,4 +236,37 @@ fn ask_answers_and_says_how() {
     let v = json_of(&out);
     assert!(v["answer"].as_str().unwrap().contains("Paris"), "{v}");
     assert_eq!(v["mode"], "model-only");
+}
+
+#[test]
+fn bench_parallel_reports_the_step_ratio() {
+    crate::default_model_path();
+    let out = cmd()
+        .args([
+            "bench",
+            "parallel",
+            "-n",
+            "2",
+            "--prompt",
+            "32",
+            "--tokens",
+            "4",
+            "--reps",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_of(&out);
+    assert_eq!(v["n"], 2);
+    for k in ["single_ms", "parallel_ms", "ratio"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
 }

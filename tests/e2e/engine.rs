@@ -260,3 +260,61 @@ fn missing_foreign_and_truncated_files_are_clear_errors() {
     assert!(matches!(e, EngineError::LoadFailed { .. }), "{e}");
     assert!(e.to_string().contains("truncated"), "{e}");
 }
+
+#[test]
+fn parallel_candidates_share_the_prompt_and_decode_in_one_batch() {
+    let m = model();
+    let mut s = m
+        .session(&SessionParams {
+            n_seq_max: 4,
+            ..params(2048)
+        })
+        .unwrap();
+    let prompt = m.tokenize(&m.render_chat(&user("Name a fruit."), true).unwrap(), true);
+    // Greedy: every candidate equals the single-sequence answer.
+    let single = m
+        .session(&params(2048))
+        .unwrap()
+        .complete_tokens(&prompt, &greedy(16), &mut |_| true)
+        .unwrap();
+    let mut streamed = vec![String::new(); 4];
+    let cands = s
+        .complete_parallel(&prompt, 4, &greedy(16), &mut |i, t| {
+            streamed[i].push_str(t);
+            true
+        })
+        .unwrap();
+    assert_eq!(cands.len(), 4);
+    for (i, c) in cands.iter().enumerate() {
+        assert_eq!(c.text, single.text, "candidate {i}");
+        assert_eq!(streamed[i], c.text);
+        assert_eq!(c.stats.prompt_tokens, prompt.len());
+    }
+    // Sampling: candidates use different seeds, and the prompt is not evaluated again.
+    let sampled = GenerateParams {
+        max_tokens: 24,
+        sampling: SamplingParams {
+            temperature: 1.2,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..SamplingParams::default()
+        },
+        ..Default::default()
+    };
+    let cands = s
+        .complete_parallel(&prompt, 4, &sampled, &mut |_, _| true)
+        .unwrap();
+    assert_eq!(cands[0].stats.cached_tokens, prompt.len() - 1);
+    let distinct: std::collections::HashSet<_> = cands.iter().map(|c| c.text.clone()).collect();
+    assert!(distinct.len() > 1, "all candidates equal: {cands:?}");
+    // Adopting candidate 2 makes it the conversation that the next call continues.
+    let mut kept = s.cached_tokens(2).to_vec();
+    s.keep_sequence(2).unwrap();
+    assert_eq!(s.cached_tokens(0), &kept[..]);
+    assert!(s.cached_tokens(1).is_empty() && s.cached_tokens(2).is_empty());
+    let adopted = kept.len();
+    kept.extend(m.tokenize(" And a vegetable?", false));
+    let next = s.complete_tokens(&kept, &greedy(4), &mut |_| true).unwrap();
+    assert_eq!(next.stats.cached_tokens, adopted);
+}

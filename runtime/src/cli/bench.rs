@@ -35,6 +35,29 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// One step of N parallel candidates (one batch, shared prompt) vs one sequence
+    Parallel {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// CPU threads [default: one per available core]
+        #[arg(long, short = 't', value_name = "N")]
+        threads: Option<i32>,
+        /// Candidates decoded side by side
+        #[arg(long, short = 'n', default_value_t = bench::DEFAULT_PARALLEL, value_name = "N")]
+        n: u32,
+        /// Tokens of the (cached) prompt
+        #[arg(long, default_value_t = 1024, value_name = "N")]
+        prompt: u32,
+        /// Tokens generated per candidate
+        #[arg(long, default_value_t = 96, value_name = "N")]
+        tokens: u32,
+        /// Repetitions after one warm-up
+        #[arg(long, default_value_t = 3, value_name = "N")]
+        reps: u32,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Serialize)]
@@ -48,15 +71,57 @@ struct Report {
 }
 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
-    let BenchCommand::Llm {
-        model,
-        threads,
-        pp,
-        tg,
-        reps,
-        llama_bench,
-        json,
-    } = cmd;
+    match cmd {
+        BenchCommand::Llm {
+            model,
+            threads,
+            pp,
+            tg,
+            reps,
+            llama_bench,
+            json,
+        } => run_llm(model, threads, pp, tg, reps, llama_bench, json),
+        BenchCommand::Parallel {
+            model,
+            threads,
+            n,
+            prompt,
+            tokens,
+            reps,
+            json,
+        } => {
+            let params = LlmBenchParams {
+                pp_tokens: prompt,
+                tg_tokens: tokens,
+                repetitions: reps.max(1),
+                threads: threads.unwrap_or_else(small_agent::engine::default_threads),
+            };
+            let loaded = model.load()?;
+            let r = bench::bench_parallel(&loaded, &params, n.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "one step, {tokens} tokens per candidate after a cached {prompt}-token prompt:"
+                );
+                println!("  1 sequence:   {:8.1} ms", r.single_ms);
+                println!("  {n} sequences: {:8.1} ms", r.parallel_ms);
+                println!("  ratio:        {:8.2}x", r.ratio);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_llm(
+    model: ModelArgs,
+    threads: Option<i32>,
+    pp: u32,
+    tg: u32,
+    reps: u32,
+    llama_bench: Option<PathBuf>,
+    json: bool,
+) -> Result<ExitCode> {
     let params = LlmBenchParams {
         pp_tokens: pp,
         tg_tokens: tg,

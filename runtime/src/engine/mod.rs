@@ -410,6 +410,29 @@ pub struct Completion {
     pub stats: CallStats,
 }
 
+/// Generation state of one sequence.
+struct Candidate<'s> {
+    text: String,
+    decoder: Utf8Decoder,
+    stops: StopBuffer<'s>,
+    gen_tokens: usize,
+    finish: Option<FinishReason>,
+    stop: Option<String>,
+}
+
+impl<'s> Candidate<'s> {
+    fn new(stop: &'s [String]) -> Self {
+        Self {
+            text: String::new(),
+            decoder: Utf8Decoder::default(),
+            stops: StopBuffer::new(stop),
+            gen_tokens: 0,
+            finish: None,
+            stop: None,
+        }
+    }
+}
+
 /// A context with its KV cache and the tokens each sequence holds.
 pub struct Session<'m> {
     model: &'m Model,
@@ -454,6 +477,9 @@ impl<'m> Session<'m> {
             .with_n_batch(params.n_batch)
             .with_n_ubatch(params.n_batch.min(DEFAULT_BATCH))
             .with_n_seq_max(params.n_seq_max)
+            // One cell pool for all sequences: a shared prompt is stored once, and any
+            // sequence may use the whole context.
+            .with_kv_unified(params.n_seq_max > 1)
             .with_n_threads(params.n_threads)
             .with_n_threads_batch(params.n_threads_batch);
         let ctx = model
@@ -542,95 +568,183 @@ impl<'m> Session<'m> {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Completion> {
-        const SEQ: usize = 0;
-        let n_ctx = self.n_ctx();
+        let mut all = self.complete_parallel(prompt, 1, params, &mut |_, t| on_text(t))?;
+        Ok(all.remove(0))
+    }
+
+    /// Generates `n` continuations of the same prompt side by side: the prompt is evaluated
+    /// once on sequence 0 (reusing the cache), copied into sequences `1..n` without
+    /// re-evaluation, and each decoding step evaluates one token of every unfinished
+    /// sequence in a single batch. Candidate `i` samples with seed `seed + i`. Afterwards
+    /// sequence `i` holds candidate `i`; [`Session::keep_sequence`] adopts one of them.
+    /// `on_text(i, text)` streams candidate `i`; returning `false` cancels the call.
+    pub fn complete_parallel(
+        &mut self,
+        prompt: &[LlamaToken],
+        n: usize,
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(usize, &str) -> bool,
+    ) -> Result<Vec<Completion>> {
+        let n_ctx = self.n_ctx() as usize;
         if prompt.is_empty() {
             return Err(EngineError::InvalidParameter("empty prompt".into()));
         }
-        if prompt.len() >= n_ctx as usize {
+        if n == 0 || n > self.cached.len() {
+            return Err(EngineError::InvalidParameter(format!(
+                "{n} parallel sequences requested, the session holds {}",
+                self.cached.len()
+            )));
+        }
+        if prompt.len() + n > n_ctx {
             return Err(EngineError::ContextOverflow {
                 prompt_tokens: prompt.len(),
-                n_ctx,
+                n_ctx: n_ctx as u32,
                 n_ctx_train: self.model.n_ctx_train(),
             });
         }
-        // Build the sampler before touching the cache, so a bad grammar changes nothing.
-        let mut sampler = params
-            .sampling
-            .build(self.model, params.grammar.as_deref())?;
+        // Build the samplers before touching the cache, so a bad grammar changes nothing.
+        let mut samplers = (0..n)
+            .map(|i| {
+                let mut sp = params.sampling.clone();
+                sp.seed = sp.seed.wrapping_add(i as u32);
+                sp.build(self.model, params.grammar.as_deref())
+            })
+            .collect::<Result<Vec<_>>>()?;
 
         let t0 = Instant::now();
-        let mut reuse = common_prefix(&self.cached[SEQ], prompt);
+        // Sequence 0 is the conversation; candidates of an earlier call that were not
+        // adopted are dropped so their cells are free again.
+        for s in 1..self.cached.len() {
+            if !self.cached[s].is_empty() {
+                self.ctx
+                    .clear_kv_cache_seq(Some(s as u32), None, None)
+                    .map_err(llama_err)?;
+                self.cached[s].clear();
+            }
+        }
+        let mut reuse = common_prefix(&self.cached[0], prompt);
         if reuse == prompt.len() {
             // Logits come only from evaluated tokens: evaluate at least the last one.
             reuse -= 1;
         }
-        if reuse < self.cached[SEQ].len() {
+        if reuse < self.cached[0].len() {
             self.ctx
-                .clear_kv_cache_seq(Some(SEQ as u32), Some(reuse as u32), None)
+                .clear_kv_cache_seq(Some(0), Some(reuse as u32), None)
                 .map_err(llama_err)?;
-            self.cached[SEQ].truncate(reuse);
+            self.cached[0].truncate(reuse);
         }
-        self.eval(SEQ, &prompt[reuse..])?;
+        self.eval(0, &prompt[reuse..])?;
+        for i in 1..n {
+            self.fork_sequence(0, i)?;
+        }
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
 
         let t1 = Instant::now();
-        let mut text = String::new();
-        let mut decoder = Utf8Decoder::default();
-        let mut stops = StopBuffer::new(&params.stop);
-        let mut gen_tokens = 0usize;
-        let mut finish = FinishReason::Length;
-        let mut stop_hit = None;
         let model: &'m Model = self.model;
         let vocab = model.inner.vocab();
-        while gen_tokens < params.max_tokens as usize {
-            if self.cached[SEQ].len() >= n_ctx as usize {
-                finish = FinishReason::ContextFull;
+        let mut cands: Vec<Candidate> = (0..n).map(|_| Candidate::new(&params.stop)).collect();
+        // Every candidate samples its first token from the prompt's last logits.
+        let mut logits_idx = vec![self.batch.n_tokens() - 1; n];
+        // KV cells in use: the shared prompt once, plus each candidate's own tokens.
+        let mut cells = prompt.len();
+        let mut cancelled = false;
+        loop {
+            let mut next = Vec::new();
+            for (i, c) in cands.iter_mut().enumerate() {
+                if c.finish.is_some() {
+                    continue;
+                }
+                if cancelled {
+                    c.finish = Some(FinishReason::Cancelled);
+                    continue;
+                }
+                if c.gen_tokens == params.max_tokens as usize {
+                    c.finish = Some(FinishReason::Length);
+                    continue;
+                }
+                if cells >= n_ctx {
+                    c.finish = Some(FinishReason::ContextFull);
+                    continue;
+                }
+                let token = samplers[i].sample(&self.ctx, logits_idx[i]);
+                c.gen_tokens += 1;
+                if !params.ignore_eog && vocab.is_eog(token) {
+                    c.finish = Some(FinishReason::EndOfText);
+                    continue;
+                }
+                let piece = c.decoder.push(&vocab.token_to_piece(token, false, None));
+                let (emit, hit) = c.stops.push(&piece);
+                c.text.push_str(&emit);
+                if !emit.is_empty() && !on_text(i, &emit) {
+                    cancelled = true;
+                }
+                if let Some(s) = hit {
+                    c.finish = Some(FinishReason::Stop);
+                    c.stop = Some(s.to_owned());
+                } else if c.gen_tokens == params.max_tokens as usize {
+                    // Not evaluated: nothing will be sampled after it.
+                    c.finish = Some(FinishReason::Length);
+                } else {
+                    next.push((i, token));
+                    cells += 1;
+                }
+            }
+            if next.is_empty() {
                 break;
             }
-            let token = sampler.sample(&self.ctx, self.batch.n_tokens() - 1);
-            gen_tokens += 1;
-            if !params.ignore_eog && vocab.is_eog(token) {
-                finish = FinishReason::EndOfText;
-                break;
+            self.batch.clear();
+            for (j, (i, token)) in next.iter().enumerate() {
+                let pos = self.cached[*i].len() as i32;
+                self.batch
+                    .add(*token, pos, &[*i as i32], true)
+                    .map_err(llama_err)?;
+                logits_idx[*i] = j as i32;
             }
-            let piece = decoder.push(&vocab.token_to_piece(token, false, None));
-            let (emit, hit) = stops.push(&piece);
-            text.push_str(&emit);
-            let keep_going = emit.is_empty() || on_text(&emit);
-            if let Some(s) = hit {
-                finish = FinishReason::Stop;
-                stop_hit = Some(s.to_owned());
-                break;
+            self.ctx.decode(&mut self.batch).map_err(llama_err)?;
+            for (i, token) in next {
+                self.cached[i].push(token);
             }
-            if !keep_going {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            if gen_tokens == params.max_tokens as usize {
-                break;
-            }
-            self.eval(SEQ, &[token])?;
         }
-        if stop_hit.is_none() {
-            let rest = stops.finish(&decoder.finish());
-            if !rest.is_empty() {
-                text.push_str(&rest);
-                on_text(&rest);
-            }
+        let gen_ms = t1.elapsed().as_secs_f64() * 1e3;
+        Ok(cands
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut c)| {
+                if c.stop.is_none() {
+                    let rest = c.stops.finish(&c.decoder.finish());
+                    if !rest.is_empty() {
+                        c.text.push_str(&rest);
+                        on_text(i, &rest);
+                    }
+                }
+                Completion {
+                    text: c.text,
+                    finish_reason: c.finish.unwrap_or(FinishReason::Length),
+                    stop: c.stop,
+                    stats: CallStats {
+                        prompt_tokens: prompt.len(),
+                        cached_tokens: reuse,
+                        prompt_ms,
+                        gen_tokens: c.gen_tokens,
+                        gen_ms,
+                    },
+                }
+            })
+            .collect())
+    }
+
+    /// Makes sequence `winner` the session's conversation (sequence 0) and frees the others.
+    pub fn keep_sequence(&mut self, winner: usize) -> Result<()> {
+        if winner != 0 {
+            self.fork_sequence(winner, 0)?;
         }
-        Ok(Completion {
-            text,
-            finish_reason: finish,
-            stop: stop_hit,
-            stats: CallStats {
-                prompt_tokens: prompt.len(),
-                cached_tokens: reuse,
-                prompt_ms,
-                gen_tokens,
-                gen_ms: t1.elapsed().as_secs_f64() * 1e3,
-            },
-        })
+        for s in 1..self.cached.len() {
+            self.ctx
+                .clear_kv_cache_seq(Some(s as u32), None, None)
+                .map_err(llama_err)?;
+            self.cached[s].clear();
+        }
+        Ok(())
     }
 
     /// Evaluates `tokens` at the end of sequence `seq`, in batches; logits of the last one
