@@ -65,6 +65,8 @@ fn generate_json_returns_text_and_timings() {
     let out = cmd()
         .args([
             "generate",
+            "--threads",
+            "1",
             "--json",
             "--temperature",
             "0",
