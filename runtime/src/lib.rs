@@ -2,6 +2,7 @@
 //! hold it to llama.cpp's own speed. The agent loop, its tools and the C ABI build on this.
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod bench;
 pub mod engine;
 

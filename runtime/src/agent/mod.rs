@@ -1,0 +1,3 @@
+//! The code agent: Thought → Python code → Observation, with tools, over the engine.
+pub mod prompt;
+pub mod protocol;
