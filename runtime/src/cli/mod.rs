@@ -3,7 +3,9 @@
 mod ask;
 mod bench;
 mod generate;
+mod index;
 mod models;
+mod python;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -13,7 +15,6 @@ use small_agent::{
     engine::{self, default_threads},
     EngineError, Model, SamplingParams, SessionParams,
 };
-use small_agent_models::{Catalog, Store, DEFAULT_LLM};
 
 /// Exit code of a failed task (the model could not do what was asked).
 pub const EXIT_TASK_FAILED: u8 = 1;
@@ -30,10 +31,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Answer a question (the agent loop with tools is being built; see --help).
+    /// Answer a question with the code agent (web_search over a local shard, Python in a sandbox).
     Ask(ask::AskArgs),
     /// One-turn chat completion with the model, streamed to the terminal.
     Generate(generate::GenerateArgs),
+    /// Run Python code in the WebAssembly sandbox (a fresh session).
+    Python(python::PythonArgs),
+    /// Build, search and evaluate knowledge shards.
+    #[command(subcommand)]
+    Index(index::IndexCommand),
     /// Fetch and list the offline assets (models, interpreters, corpora).
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -47,6 +53,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Ask(a) => ask::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Python(a) => python::run(a),
+        Command::Index(c) => index::run(c),
         Command::Models(c) => models::run(c),
         Command::Bench(c) => bench::run(c),
     }
@@ -71,7 +79,21 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
                 _ => EXIT_USAGE,
             };
         }
-        if cause.downcast_ref::<small_agent_models::Error>().is_some()
+        if let Some(e) = cause.downcast_ref::<small_agent::agent::AgentError>() {
+            // The sandbox failing to open is the environment; the rest is the task.
+            return match e {
+                small_agent::agent::AgentError::Sandbox(_) => EXIT_USAGE,
+                _ => EXIT_TASK_FAILED,
+            };
+        }
+        if cause
+            .downcast_ref::<small_agent::assets::AssetError>()
+            .is_some()
+            || cause.downcast_ref::<small_agent_models::Error>().is_some()
+            || cause.downcast_ref::<small_agent_index::Error>().is_some()
+            || cause
+                .downcast_ref::<small_agent::agent::PromptError>()
+                .is_some()
             || cause
                 .downcast_ref::<small_agent::bench::LlamaBenchError>()
                 .is_some()
@@ -102,9 +124,7 @@ impl ModelArgs {
         if let Some(p) = &self.model {
             return Ok(p.clone());
         }
-        let catalog = Catalog::builtin()?;
-        let store = Store::from_env()?;
-        Ok(store.primary_path(catalog.require(DEFAULT_LLM)?))
+        Ok(small_agent::assets::default_model_path()?)
     }
 
     /// Loads the model.
@@ -178,6 +198,80 @@ impl SamplingArgs {
             repeat_penalty: self.repeat_penalty,
             seed: self.seed,
             ..SamplingParams::default()
+        }
+    }
+}
+
+/// Which knowledge shard to search.
+#[derive(Debug, Clone, Args)]
+pub struct ShardArgs {
+    /// Knowledge shard directory [default: the default shard built by scripts/setup.sh]
+    #[arg(long, env = "SMALL_AGENT_INDEX", value_name = "DIR")]
+    pub index: Option<PathBuf>,
+}
+
+pub use small_agent::assets::DEFAULT_SHARD_ASSET;
+
+/// Where the default shard lives.
+pub fn default_shard_dir() -> Result<PathBuf> {
+    Ok(small_agent::assets::default_shard_dir()?)
+}
+
+/// Loads an interpreter back-end from the verified assets.
+pub fn python_backend(
+    flavour: small_agent_sandbox::Flavour,
+) -> Result<std::sync::Arc<dyn small_agent_sandbox::PythonBackend>> {
+    Ok(small_agent::assets::python_backend(flavour)?)
+}
+
+impl ShardArgs {
+    /// Opens the shard (errors name the path and the fix).
+    pub fn open(&self) -> Result<small_agent_index::Shard> {
+        let dir = match &self.index {
+            Some(d) => d.clone(),
+            None => {
+                let d = default_shard_dir()?;
+                if !d.exists() {
+                    return Err(UsageError(format!(
+                        "the default knowledge shard {} is not built: run scripts/setup.sh or \
+                         `small-agent index build --default`, or pass --index DIR",
+                        d.display()
+                    ))
+                    .into());
+                }
+                d
+            }
+        };
+        Ok(small_agent_index::Shard::open(&dir)?)
+    }
+}
+
+/// Python sandbox settings.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Interpreter: `full` (CPython 3.15 with numpy, sympy) or `lite` (CPython 3.12, small)
+    #[arg(
+        long,
+        default_value = "full",
+        env = "SMALL_AGENT_PYTHON",
+        value_name = "FLAVOUR"
+    )]
+    pub python: String,
+    /// Wall-clock limit of one code execution, in seconds
+    #[arg(long, default_value_t = small_agent_sandbox::DEFAULT_TIMEOUT.as_secs_f64(), value_name = "S")]
+    pub timeout: f64,
+    /// Memory cap of the interpreter, in MiB
+    #[arg(long, default_value_t = (small_agent_sandbox::DEFAULT_MEMORY_BYTES >> 20) as u64, value_name = "MB")]
+    pub memory: u64,
+}
+
+impl SandboxArgs {
+    /// Limits from the flags.
+    pub fn limits(&self) -> small_agent_sandbox::Limits {
+        small_agent_sandbox::Limits {
+            timeout: std::time::Duration::from_secs_f64(self.timeout.max(0.001)),
+            memory_bytes: (self.memory as usize) << 20,
+            ..small_agent_sandbox::Limits::default()
         }
     }
 }

@@ -5,12 +5,12 @@ use anyhow::Result;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use small_agent_models::{Catalog, FetchEvent, FileState, Store, DEFAULT_LLM};
+use small_agent_models::{Catalog, FetchEvent, FileState, Store};
 
 /// `models` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// Download, verify and install assets (default: the default model)
+    /// Download, verify and install assets (default: what `ask` needs)
     Fetch {
         /// Asset names (see `models list`)
         names: Vec<String>,
@@ -45,7 +45,7 @@ pub fn run(cmd: ModelsCommand) -> Result<ExitCode> {
             let names: Vec<String> = if all {
                 catalog.iter().map(|m| m.name.clone()).collect()
             } else if names.is_empty() {
-                vec![DEFAULT_LLM.to_owned()]
+                catalog.defaults().map(|m| m.name.clone()).collect()
             } else {
                 names
             };

@@ -1,0 +1,83 @@
+//! Where the runtime's installed assets are: the default model, the Python interpreters and
+//! the default knowledge shard, all under `$SMALL_AGENT_HOME`.
+use std::{path::PathBuf, sync::Arc};
+
+use small_agent_models::{Catalog, Store, DEFAULT_LLM};
+use small_agent_sandbox::{Flavour, PythonBackend, PythonRuntimeFiles};
+
+/// Name of the default shard under `$SMALL_AGENT_HOME/shards/`.
+pub const DEFAULT_SHARD: &str = "wiki-summaries-en";
+/// The corpus asset the default shard is built from.
+pub const DEFAULT_SHARD_ASSET: &str = "wiki-summaries-en";
+
+/// Errors of locating or loading an asset.
+#[derive(Debug, thiserror::Error)]
+pub enum AssetError {
+    /// The manifest layer failed (unknown asset, no home directory, fetch failure).
+    #[error(transparent)]
+    Models(#[from] small_agent_models::Error),
+    /// An asset is not installed; the message says which command installs it.
+    #[error("{what} is not installed: {fix}")]
+    NotInstalled {
+        /// What is missing.
+        what: String,
+        /// The command that installs it.
+        fix: String,
+    },
+    /// The interpreter could not be loaded.
+    #[error(transparent)]
+    Sandbox(#[from] small_agent_sandbox::SandboxError),
+}
+
+/// Path of the fetched default model.
+pub fn default_model_path() -> Result<PathBuf, AssetError> {
+    let catalog = Catalog::builtin()?;
+    Ok(Store::from_env()?.primary_path(catalog.require(DEFAULT_LLM)?))
+}
+
+/// Directory of the default knowledge shard.
+pub fn default_shard_dir() -> Result<PathBuf, AssetError> {
+    Ok(Store::from_env()?.home().join("shards").join(DEFAULT_SHARD))
+}
+
+/// Loads an interpreter back-end from the verified assets; the compiled module is cached
+/// under `$SMALL_AGENT_HOME/cache/wasm` (the first load of the full flavour compiles it,
+/// ~80 s; later loads deserialize it in milliseconds).
+pub fn python_backend(flavour: Flavour) -> Result<Arc<dyn PythonBackend>, AssetError> {
+    let catalog = Catalog::builtin()?;
+    let store = Store::from_env()?;
+    let (asset, wasm_name) = match flavour {
+        Flavour::Full => ("python-wasm-full", "python-snapshot.wasm"),
+        Flavour::Lite => ("python-wasm-lite", "python-3.12.0.wasm"),
+    };
+    let m = catalog.require(asset)?;
+    if !store.is_installed(m) {
+        return Err(AssetError::NotInstalled {
+            what: format!("the {} Python interpreter", flavour.as_str()),
+            fix: format!("run `small-agent models fetch {asset}`"),
+        });
+    }
+    let wasm_sha256 = m
+        .files
+        .iter()
+        .find(|f| f.installed_name() == wasm_name)
+        .map(|f| f.sha256.clone());
+    let files = PythonRuntimeFiles {
+        flavour,
+        wasm: store.file_path(m, wasm_name),
+        // Verified by the store: saves hashing the module at every start.
+        wasm_sha256,
+        stdlib_zip: (flavour == Flavour::Full).then(|| store.file_path(m, "python-stdlib.zip")),
+        site_packages: vec![],
+    };
+    let cache = store.home().join("cache").join("wasm");
+    let t = std::time::Instant::now();
+    let backend = small_agent_sandbox::load_backend(&files, Some(&cache))?;
+    tracing::info!(
+        flavour = flavour.as_str(),
+        ms = t.elapsed().as_millis() as u64,
+        source = ?backend.load_report().module_source,
+        "python back-end loaded"
+    );
+    Ok(backend)
+}

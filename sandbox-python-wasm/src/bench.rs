@@ -1,0 +1,305 @@
+//! The sandbox benchmark behind `small-agent bench sandbox`: cold session, warm `print(1)`,
+//! fork, and CPU-bound snippets, each compared with native CPython run as a subprocess on the
+//! same snippets in the same run.
+
+use crate::{PythonBackend, Result, SessionOptions};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// CPU-bound snippets: (name, setup run untimed, timed body). The body is run the same way in
+/// both interpreters: after the setup, in a warm interpreter.
+pub const CPU_SNIPPETS: &[(&str, &str, &str)] = &[
+    (
+        "pure-python loop",
+        "",
+        "s = 0\nfor i in range(1_000_000):\n    s += i * i % 7\n",
+    ),
+    (
+        "numpy matmul 200x200 x10",
+        "import numpy as np\na = np.arange(40000, dtype=float).reshape(200, 200) / 40000.0",
+        "for _ in range(10):\n    b = a @ a\n",
+    ),
+    (
+        "sympy solve",
+        "import sympy",
+        "x = sympy.Symbol('x')\nr = sympy.solve(x**3 - 6*x**2 + 11*x - 6, x)\n",
+    ),
+];
+
+/// Sample statistics in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// Number of samples.
+    pub n: usize,
+}
+
+impl Stats {
+    fn of(mut v: Vec<Duration>) -> Stats {
+        v.sort();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+        Stats {
+            p50_ms: at(0.5),
+            p90_ms: at(0.9),
+            n: v.len(),
+        }
+    }
+}
+
+/// One CPU-bound snippet's timing in both interpreters.
+#[derive(Debug, Clone)]
+pub struct CpuRow {
+    /// Snippet name.
+    pub name: String,
+    /// Sandbox p50.
+    pub sandbox_ms: Option<f64>,
+    /// Native p50 (None when native Python lacks the package).
+    pub native_ms: Option<f64>,
+}
+
+impl CpuRow {
+    /// sandbox / native.
+    pub fn ratio(&self) -> Option<f64> {
+        Some(self.sandbox_ms? / self.native_ms?)
+    }
+}
+
+/// Everything the benchmark measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// Flavour benchmarked.
+    pub flavour: &'static str,
+    /// Time to obtain the compiled module when the back-end was loaded, and from where.
+    pub module_load: (crate::ModuleSource, Duration),
+    /// Opening a new session (interpreter instance + driver boot).
+    pub cold_session: Stats,
+    /// Native: `python3 -c pass` as a subprocess.
+    pub native_cold: Option<Stats>,
+    /// Warm `print(1)` in an open session.
+    pub warm_print: Stats,
+    /// Native: `print(1)` exec'd in a warm native interpreter.
+    pub native_warm_print: Option<Stats>,
+    /// `Session::fork` after numpy and sympy were imported (None where unsupported).
+    pub fork: Option<Stats>,
+    /// CPU-bound snippets.
+    pub cpu: Vec<CpuRow>,
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
+        writeln!(f, "sandbox benchmark ({} flavour)", self.flavour)?;
+        writeln!(
+            f,
+            "module load: {:?} in {:.1} ms",
+            self.module_load.0,
+            self.module_load.1.as_secs_f64() * 1e3
+        )?;
+        writeln!(
+            f,
+            "{:<28} {:>12} {:>12} {:>8}",
+            "measure", "sandbox ms", "native ms", "ratio"
+        )?;
+        let row = |f: &mut std::fmt::Formatter<'_>, name: &str, s: Option<f64>, n: Option<f64>| {
+            let r = match (s, n) {
+                (Some(s), Some(n)) if n > 0.0 => format!("{:.2}", s / n),
+                _ => "n/a".into(),
+            };
+            writeln!(f, "{:<28} {:>12} {:>12} {:>8}", name, opt(s), opt(n), r)
+        };
+        row(
+            f,
+            "cold session (p50)",
+            Some(self.cold_session.p50_ms),
+            self.native_cold.map(|s| s.p50_ms),
+        )?;
+        row(
+            f,
+            "warm print(1) (p50)",
+            Some(self.warm_print.p50_ms),
+            self.native_warm_print.map(|s| s.p50_ms),
+        )?;
+        row(
+            f,
+            "warm print(1) (p90)",
+            Some(self.warm_print.p90_ms),
+            self.native_warm_print.map(|s| s.p90_ms),
+        )?;
+        row(f, "fork (p50)", self.fork.map(|s| s.p50_ms), None)?;
+        for c in &self.cpu {
+            row(f, &c.name, c.sandbox_ms, c.native_ms)?;
+        }
+        Ok(())
+    }
+}
+
+/// Native timings from one `python3` subprocess: each snippet's setup, then its body timed
+/// `reps` times with `perf_counter`; prints one line per snippet: `name<TAB>ms|NA`.
+fn native_harness(reps: usize) -> String {
+    let snippets: Vec<serde_json::Value> = CPU_SNIPPETS
+        .iter()
+        .map(|(n, s, b)| serde_json::json!([n, s, b]))
+        .chain(std::iter::once(serde_json::json!([
+            "print(1)", "", "print(1)"
+        ])))
+        .collect();
+    format!(
+        r#"import json, time, sys, io
+snips = json.loads({snips})
+for name, setup, body in snips:
+    g = {{}}
+    try:
+        exec(setup, g)
+    except Exception:
+        print(name + "\tNA"); continue
+    code = compile(body, "<bench>", "exec")
+    ts = []
+    for _ in range({reps}):
+        out, sys.stdout = sys.stdout, io.StringIO()
+        t = time.perf_counter(); exec(code, g); ts.append(time.perf_counter() - t)
+        sys.stdout = out
+    ts.sort()
+    print(name + "\t" + str(ts[len(ts)//2] * 1e3))
+"#,
+        snips = crate::session::py_str(&serde_json::Value::Array(snippets).to_string()),
+        reps = reps
+    )
+}
+
+fn run_native(python3: &Path, reps: usize) -> Option<Vec<(String, Option<f64>)>> {
+    let out = Command::new(python3)
+        .arg("-c")
+        .arg(native_harness(reps))
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(n, v)| (n.to_string(), v.parse().ok()))
+            .collect(),
+    )
+}
+
+/// Runs the benchmark. `python3` is the native interpreter to compare with (None skips the
+/// native side); `reps` is the sample count of the fast measures (CPU snippets use reps/20).
+pub fn run(
+    backend: &dyn PythonBackend,
+    python3: Option<&Path>,
+    reps: usize,
+) -> Result<BenchReport> {
+    let reps = reps.max(5);
+    let report = backend.load_report();
+    let mut cold = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s = backend.open(SessionOptions::default())?;
+        cold.push(t.elapsed());
+        drop(s);
+    }
+    let mut session = backend.open(SessionOptions {
+        limits: crate::Limits {
+            allowed_imports: None,
+            timeout: Duration::from_secs(120),
+            ..Default::default()
+        },
+        ..Default::default()
+    })?;
+    let mut warm = Vec::new();
+    for _ in 0..reps {
+        let r = session.exec("print(1)");
+        warm.push(r.duration);
+    }
+    let cpu_reps = (reps / 20).max(3);
+    let mut cpu = Vec::new();
+    for (name, setup, body) in CPU_SNIPPETS {
+        let ok = session.exec(setup).ok();
+        let mut ts = Vec::new();
+        if ok {
+            for _ in 0..cpu_reps {
+                let r = session.exec(body);
+                if !r.ok() {
+                    break;
+                }
+                ts.push(r.duration);
+            }
+        }
+        cpu.push(CpuRow {
+            name: name.to_string(),
+            sandbox_ms: (ts.len() == cpu_reps).then(|| Stats::of(ts).p50_ms),
+            native_ms: None,
+        });
+    }
+    let fork = match session.fork() {
+        Ok(first) => {
+            drop(first);
+            let mut ts = Vec::new();
+            for _ in 0..8 {
+                let t = Instant::now();
+                let f = session.fork()?;
+                ts.push(t.elapsed());
+                drop(f);
+            }
+            Some(Stats::of(ts))
+        }
+        Err(_) => None,
+    };
+    let (mut native_cold, mut native_warm) = (None, None);
+    // Resolve launchers (pyenv shims, wrappers) to the interpreter itself, so that the cold
+    // start compares interpreters, not shell scripts.
+    let resolved = python3.and_then(|py| {
+        let out = Command::new(py)
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .ok()?;
+        let exe = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !exe.is_empty()).then(|| std::path::PathBuf::from(exe))
+    });
+    if let Some(py) = resolved.as_deref() {
+        let mut ts = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            if Command::new(py)
+                .args(["-c", "pass"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+            {
+                ts.push(t.elapsed());
+            }
+        }
+        if !ts.is_empty() {
+            native_cold = Some(Stats::of(ts));
+        }
+        if let Some(rows) = run_native(py, cpu_reps) {
+            for (name, v) in rows {
+                if name == "print(1)" {
+                    native_warm = v.map(|ms| Stats {
+                        p50_ms: ms,
+                        p90_ms: ms,
+                        n: cpu_reps,
+                    });
+                } else if let Some(c) = cpu.iter_mut().find(|c| c.name == name) {
+                    c.native_ms = v;
+                }
+            }
+        }
+    }
+    Ok(BenchReport {
+        flavour: backend.flavour().as_str(),
+        module_load: (report.module_source, report.module_load),
+        cold_session: Stats::of(cold),
+        native_cold,
+        warm_print: Stats::of(warm),
+        native_warm_print: native_warm,
+        fork,
+        cpu,
+    })
+}

@@ -1,0 +1,354 @@
+//! The process-wide wasmtime engine, its epoch ticker, per-exec deadlines, and the compiled
+//! module cache.
+
+use crate::{Result, SandboxError};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use wasmtime::{Config, Engine, Module};
+
+/// The wasmtime release this crate is pinned to (`=48.0.8` in the workspace); part of the
+/// cache key because a serialized module is native code for one exact wasmtime.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+/// One engine per process: compiled modules are tied to the engine that compiled them, and one
+/// epoch ticker serves every store.
+pub(crate) struct Shared {
+    pub engine: Engine,
+    /// Execs currently running; the ticker sleeps when there are none.
+    active: AtomicUsize,
+    ticker: OnceLock<std::thread::Thread>,
+    base: Instant,
+    modules: Mutex<HashMap<String, Module>>,
+}
+
+static SHARED: OnceLock<Result<&'static Shared, String>> = OnceLock::new();
+
+pub(crate) fn shared() -> Result<&'static Shared> {
+    SHARED
+        .get_or_init(|| {
+            let mut c = Config::new();
+            // Epoch interruption costs a load and compare per loop back-edge and function entry,
+            // far cheaper than fuel, and is all a wall-clock limit needs.
+            c.epoch_interruption(true);
+            c.max_wasm_stack(crate::limits::WASM_STACK_BYTES);
+            // wasmtime-wasi turns on the `async` feature, which requires the async stack to be
+            // at least the wasm stack even though this crate only calls synchronously.
+            c.async_stack_size(crate::limits::WASM_STACK_BYTES + (1 << 20));
+            c.wasm_exceptions(true);
+            c.cranelift_opt_level(wasmtime::OptLevel::Speed);
+            let engine = Engine::new(&c).map_err(|e| format!("{e:#}"))?;
+            // Leaked on purpose: one engine for the life of the process, shared by every
+            // session and by the ticker thread.
+            let s: &'static Shared = Box::leak(Box::new(Shared {
+                engine,
+                active: AtomicUsize::new(0),
+                ticker: OnceLock::new(),
+                base: Instant::now(),
+                modules: Mutex::default(),
+            }));
+            Ok(s)
+        })
+        .clone()
+        .map_err(|m| SandboxError::Wasm {
+            context: "creating the engine",
+            message: m,
+        })
+}
+
+/// A per-store deadline, readable from the epoch callback on whatever thread runs the guest.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Deadline(Arc<AtomicU64>);
+
+const NO_DEADLINE: u64 = u64::MAX;
+
+impl Deadline {
+    pub(crate) fn new() -> Self {
+        Deadline(Arc::new(AtomicU64::new(NO_DEADLINE)))
+    }
+
+    fn nanos(shared: &Shared) -> u64 {
+        shared.base.elapsed().as_nanos() as u64
+    }
+
+    pub(crate) fn passed(&self, shared: &Shared) -> bool {
+        Self::nanos(shared) >= self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, shared: &Shared, timeout: Duration) {
+        let at = Self::nanos(shared).saturating_add(timeout.as_nanos() as u64);
+        self.0.store(at, Ordering::Relaxed);
+    }
+
+    fn clear(&self) {
+        self.0.store(NO_DEADLINE, Ordering::Relaxed);
+    }
+}
+
+/// Arms `deadline` and keeps the ticker running until the guard drops.
+pub(crate) struct ArmedDeadline<'a> {
+    shared: &'a Shared,
+    deadline: &'a Deadline,
+}
+
+impl Shared {
+    pub(crate) fn arm<'a>(
+        &'static self,
+        deadline: &'a Deadline,
+        timeout: Duration,
+    ) -> ArmedDeadline<'a> {
+        deadline.set(self, timeout);
+        if self.active.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.ticker_thread().unpark();
+        }
+        ArmedDeadline {
+            shared: self,
+            deadline,
+        }
+    }
+
+    fn ticker_thread(&'static self) -> &'static std::thread::Thread {
+        self.ticker.get_or_init(|| {
+            let engine = self.engine.clone();
+            let shared = self;
+            std::thread::Builder::new()
+                .name("sandbox-epoch".into())
+                .spawn(move || loop {
+                    if shared.active.load(Ordering::SeqCst) == 0 {
+                        std::thread::park_timeout(Duration::from_millis(500));
+                        continue;
+                    }
+                    std::thread::sleep(crate::limits::EPOCH_TICK);
+                    engine.increment_epoch();
+                })
+                .expect("spawning the epoch ticker")
+                .thread()
+                .clone()
+        })
+    }
+}
+
+impl Drop for ArmedDeadline<'_> {
+    fn drop(&mut self) {
+        self.deadline.clear();
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The cache key of a compiled module. Every field must match before a cached file is
+/// deserialized: deserializing is loading native code, so a stale or foreign file must never
+/// reach `Module::deserialize_file`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct CacheKey {
+    module_sha256: String,
+    wasmtime: String,
+    target: String,
+    cpu_features: String,
+    engine_hash: String,
+    /// sha256 of the .cwasm file itself, checked before it is loaded.
+    cwasm_sha256: String,
+    cwasm_size: u64,
+}
+
+fn cpu_features() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut f = Vec::new();
+        macro_rules! probe {
+            ($($name:tt),*) => {$( if std::arch::is_x86_feature_detected!($name) { f.push($name); } )*};
+        }
+        probe!(
+            "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "bmi1", "bmi2", "fma",
+            "lzcnt", "avx512f", "avx512vl", "avx512bw", "avx512dq"
+        );
+        f.join(",")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // Cranelift's other back-ends compile for the baseline of the architecture unless told
+        // otherwise; the target triple in the key covers them.
+        String::from("baseline")
+    }
+}
+
+fn engine_hash(engine: &Engine) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| SandboxError::io("reading", path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| SandboxError::io("reading", path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// A cheap identity of a file (size and modification time), for names of derived files that
+/// must change when the file does, where hashing the whole file each start would cost too much.
+pub(crate) fn file_tag(path: &Path) -> Result<String> {
+    let m = std::fs::metadata(path).map_err(|e| SandboxError::io("reading", path, e))?;
+    let mtime = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = Sha256::new();
+    h.update(format!("{}:{}", m.len(), mtime));
+    Ok(hex::encode(h.finalize()))
+}
+
+/// How a module was obtained, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleSource {
+    /// Already loaded in this process.
+    Memory,
+    /// Deserialized from the on-disk cache.
+    Cache,
+    /// Compiled from the .wasm (and written to the cache when one is configured).
+    Compiled,
+}
+
+/// Loads `wasm`, through the in-process map, then the on-disk cache, then compilation.
+pub(crate) fn load_module(
+    shared: &Shared,
+    wasm: &Path,
+    sha256: Option<&str>,
+    cache_dir: Option<&Path>,
+) -> Result<(Module, ModuleSource, Duration)> {
+    let t0 = Instant::now();
+    if !wasm.is_file() {
+        return Err(SandboxError::MissingFile {
+            path: wasm.to_path_buf(),
+            what: "interpreter module",
+        });
+    }
+    let module_sha = match sha256 {
+        Some(s) => s.to_ascii_lowercase(),
+        None => sha256_file(wasm)?,
+    };
+    // The in-process map is keyed by content hash only: the engine is fixed for the process.
+    let mut modules = shared.modules.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = modules.get(&module_sha) {
+        return Ok((m.clone(), ModuleSource::Memory, t0.elapsed()));
+    }
+    let mut key = CacheKey {
+        module_sha256: module_sha.clone(),
+        wasmtime: WASMTIME_VERSION.into(),
+        target: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+        cpu_features: cpu_features(),
+        engine_hash: engine_hash(&shared.engine),
+        cwasm_sha256: String::new(),
+        cwasm_size: 0,
+    };
+    let paths = cache_dir.map(|dir| {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&key).unwrap_or_default());
+        let tag = &hex::encode(h.finalize())[..16];
+        let stem = format!("{}-{tag}", &module_sha[..16.min(module_sha.len())]);
+        (
+            dir.join(format!("{stem}.cwasm")),
+            dir.join(format!("{stem}.key.json")),
+            dir.to_path_buf(),
+        )
+    });
+    if let Some((cwasm, keyfile, _)) = &paths {
+        match try_cached(shared, &key, cwasm, keyfile) {
+            Ok(Some(m)) => {
+                tracing::debug!(path = %cwasm.display(), "compiled module loaded from cache");
+                modules.insert(module_sha, m.clone());
+                return Ok((m, ModuleSource::Cache, t0.elapsed()));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "ignoring unusable module cache entry"),
+        }
+    }
+    tracing::info!(wasm = %wasm.display(), "compiling the interpreter module (once; cached afterwards)");
+    let module =
+        Module::from_file(&shared.engine, wasm).map_err(|e| SandboxError::wasm("compiling", e))?;
+    if let Some((cwasm, keyfile, dir)) = &paths {
+        if let Err(e) = write_cache(&module, &mut key, cwasm, keyfile, dir) {
+            tracing::warn!(error = %e, "could not write the module cache");
+        }
+    }
+    modules.insert(module_sha, module.clone());
+    Ok((module, ModuleSource::Compiled, t0.elapsed()))
+}
+
+fn try_cached(
+    shared: &Shared,
+    want: &CacheKey,
+    cwasm: &Path,
+    keyfile: &Path,
+) -> Result<Option<Module>> {
+    let Ok(text) = std::fs::read(keyfile) else {
+        return Ok(None);
+    };
+    let Ok(have) = serde_json::from_slice::<CacheKey>(&text) else {
+        return Ok(None);
+    };
+    let same = have.module_sha256 == want.module_sha256
+        && have.wasmtime == want.wasmtime
+        && have.target == want.target
+        && have.cpu_features == want.cpu_features
+        && have.engine_hash == want.engine_hash;
+    if !same {
+        return Ok(None);
+    }
+    let meta = match std::fs::metadata(cwasm) {
+        Ok(m) => m,
+        Err(_) => return Ok(None),
+    };
+    if meta.len() != have.cwasm_size || sha256_file(cwasm)? != have.cwasm_sha256 {
+        tracing::warn!(path = %cwasm.display(), "cached module does not match its key; recompiling");
+        return Ok(None);
+    }
+    // SAFETY: the file is the exact bytes this crate serialized for this engine configuration,
+    // wasmtime version and CPU (checked above by key and content hash); wasmtime additionally
+    // checks its own header.
+    let m = unsafe { Module::deserialize_file(&shared.engine, cwasm) }
+        .map_err(|e| SandboxError::wasm("deserializing the cached module", e))?;
+    Ok(Some(m))
+}
+
+fn write_cache(
+    module: &Module,
+    key: &mut CacheKey,
+    cwasm: &Path,
+    keyfile: &Path,
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| SandboxError::io("creating the cache dir", dir, e))?;
+    let bytes = module
+        .serialize()
+        .map_err(|e| SandboxError::wasm("serializing", e))?;
+    let mut h = Sha256::new();
+    h.update(&bytes);
+    key.cwasm_sha256 = hex::encode(h.finalize());
+    key.cwasm_size = bytes.len() as u64;
+    // Write-then-rename so a concurrent reader never sees half a file; the key goes last, so a
+    // .cwasm without its key is simply ignored.
+    let tmp = cwasm.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, &bytes).map_err(|e| SandboxError::io("writing", &tmp, e))?;
+    std::fs::rename(&tmp, cwasm).map_err(|e| SandboxError::io("renaming", cwasm, e))?;
+    let ktmp = keyfile.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&ktmp, serde_json::to_vec_pretty(key).unwrap_or_default())
+        .map_err(|e| SandboxError::io("writing", &ktmp, e))?;
+    std::fs::rename(&ktmp, keyfile).map_err(|e| SandboxError::io("renaming", keyfile, e))?;
+    Ok(())
+}

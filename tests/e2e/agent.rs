@@ -1,0 +1,169 @@
+//! The agent end to end on real parts: the default model, the full-flavour WASM
+//! interpreter and the default knowledge shard (built by scripts/setup.sh).
+use std::sync::Arc;
+
+use small_agent::{
+    agent::{agent_toolbox, Agent, AgentConfig, AgentEvent, SearchFn},
+    assets,
+    engine::SessionParams,
+    Model,
+};
+use small_agent_sandbox::Flavour;
+
+fn search() -> SearchFn {
+    let dir = assets::default_shard_dir().unwrap();
+    let shard =
+        Arc::new(small_agent_index::Shard::open(&dir).unwrap_or_else(|e| {
+            panic!("the default shard is not usable ({e}): run scripts/setup.sh")
+        }));
+    Arc::new(move |q: &str| small_agent_index::agent_search(&*shard, q).map_err(|e| e.to_string()))
+}
+
+fn run(config: AgentConfig, question: &str) -> small_agent::agent::AgentRun {
+    let model = Model::load(&crate::default_model_path()).unwrap();
+    let python = assets::python_backend(Flavour::Full).expect("full interpreter installed");
+    let tools = agent_toolbox(Some(search())).unwrap();
+    let session = SessionParams {
+        n_ctx: config.context_size(4096),
+        n_threads: 1,
+        n_threads_batch: 1,
+        ..SessionParams::default()
+    };
+    let mut agent = Agent::new(&model, &session, python, tools, config).unwrap();
+    let mut events = 0;
+    let run = agent
+        .run(question, &mut |e| {
+            if let AgentEvent::Step(_) = e {
+                events += 1;
+            }
+            true
+        })
+        .unwrap();
+    assert_eq!(events, run.steps.len(), "one Step event per step");
+    run
+}
+
+/// A grammar that forces one exact step: the real model, sandbox and tools still run it.
+fn forced(code: &str) -> Option<String> {
+    let lit = format!("Thought: I will run it.\nCode:\n```py\n{code}\n```<end_code>");
+    Some(format!("root ::= {}", serde_json::to_string(&lit).unwrap()))
+}
+
+#[test]
+fn steps_reuse_the_kv_cache_and_run_their_code() {
+    let run = run(
+        AgentConfig {
+            max_steps: 2,
+            step_tokens: 96,
+            ..AgentConfig::default()
+        },
+        "What is the capital of France?",
+    );
+    assert!(!run.answer.is_empty());
+    assert!(!run.steps.is_empty() && run.steps.len() <= 2);
+    let first = &run.steps[0];
+    assert!(
+        first.llm.prompt_tokens > 100,
+        "system prompt missing: {:?}",
+        first.llm
+    );
+    for s in &run.steps {
+        assert_eq!(s.candidates.len(), 1);
+        // The grammar admits only well-formed steps; only the token cap can cut one short.
+        if !s.parse_error {
+            assert!(
+                s.code.is_some() && s.observation.starts_with("Observation:"),
+                "{s:?}"
+            );
+        }
+    }
+    if run.steps.len() == 2 {
+        // Step 2 evaluates only what step 1 added: its reply and the observation.
+        let second = &run.steps[1];
+        assert!(
+            second.llm.cached_tokens >= first.llm.prompt_tokens,
+            "{:?}",
+            second.llm
+        );
+    }
+    if run.answer_source == "fallback" {
+        assert!(run.fallback.unwrap().cached_tokens > first.llm.prompt_tokens);
+    }
+}
+
+#[test]
+fn final_answer_ends_the_run_with_its_value() {
+    let run = run(
+        AgentConfig {
+            grammar: forced("final_answer(\"Paris\")"),
+            ..AgentConfig::default()
+        },
+        "What is the capital of France?",
+    );
+    assert_eq!(
+        (run.answer.as_str(), run.answer_source),
+        ("Paris", "final_answer")
+    );
+    assert_eq!(run.steps.len(), 1);
+    assert_eq!(run.steps[0].final_answer.as_deref(), Some("Paris"));
+}
+
+#[test]
+fn web_search_reads_the_local_shard() {
+    let run = run(
+        AgentConfig {
+            max_steps: 1,
+            grammar: forced("r = web_search(\"capital of France\")\nprint(r)"),
+            ..AgentConfig::default()
+        },
+        "What is the capital of France?",
+    );
+    let s = &run.steps[0];
+    assert_eq!(s.tool_calls, 1, "{s:?}");
+    assert!(!s.exec_error, "{}", s.observation);
+    assert!(s.observation.contains("Paris"), "{}", s.observation);
+    assert_eq!(run.answer_source, "fallback");
+}
+
+#[test]
+fn python_errors_come_back_as_an_error_turn() {
+    let run = run(
+        AgentConfig {
+            max_steps: 1,
+            grammar: forced("print(1 / 0)"),
+            ..AgentConfig::default()
+        },
+        "What is one divided by zero?",
+    );
+    let s = &run.steps[0];
+    assert!(
+        s.exec_error && s.observation.contains("ZeroDivisionError"),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn sag_decodes_candidates_together_and_votes_on_forks() {
+    let run = run(
+        AgentConfig {
+            max_steps: 1,
+            step_tokens: 96,
+            ..AgentConfig::default().with_sag(4)
+        },
+        "What is 12 times 12?",
+    );
+    let s = &run.steps[0];
+    assert_eq!(s.candidates.len(), 4);
+    let best = s.candidates.iter().map(|c| c.votes).max().unwrap();
+    if best > 0 {
+        assert_eq!(s.candidates[s.winner].votes, best, "{s:?}");
+        assert!(s.candidates[s.winner].ran);
+        // The first candidate of the largest group wins.
+        assert!(
+            s.candidates[..s.winner].iter().all(|c| c.votes < best),
+            "{s:?}"
+        );
+    } else {
+        assert_eq!(s.winner, 0);
+    }
+}
