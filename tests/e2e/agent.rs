@@ -167,3 +167,29 @@ fn sag_decodes_candidates_together_and_votes_on_forks() {
         assert_eq!(s.winner, 0);
     }
 }
+
+#[test]
+fn the_first_thought_prefix_starts_the_first_reply() {
+    let run = run(
+        AgentConfig {
+            max_steps: 1,
+            step_tokens: 96,
+            first_thought: true,
+            ..AgentConfig::default()
+        },
+        "How many legs do three spiders have?",
+    );
+    let para = run.first_thought.clone().expect("a first thought");
+    assert!(
+        !para.is_empty() && !para.contains('\n') && !para.contains('`'),
+        "{para:?}"
+    );
+    let reply = &run.steps[0].reply;
+    assert!(reply.starts_with(&format!("Thought: {para}")), "{reply:?}");
+    // The conversation holds the whole reply, prefix included.
+    assert!(
+        run.messages[2].content.starts_with("Thought: "),
+        "{:?}",
+        run.messages
+    );
+}

@@ -70,6 +70,9 @@ pub struct AgentConfig {
     pub template: PromptTemplate,
     /// Sandbox limits of the Python session.
     pub limits: Limits,
+    /// Start the first reply with the first paragraph of a plain chain-of-thought answer
+    /// (the paper's first-thought prefix, used for teacher trajectories).
+    pub first_thought: bool,
 }
 
 impl Default for AgentConfig {
@@ -82,6 +85,7 @@ impl Default for AgentConfig {
             step_tokens: DEFAULT_STEP_TOKENS,
             template: PromptTemplate::builtin(),
             limits: Limits::default(),
+            first_thought: false,
         }
     }
 }
@@ -155,12 +159,18 @@ pub struct AgentRun {
     pub question: String,
     /// The answer: from `final_answer`, or from the fallback request.
     pub answer: String,
-    /// `final_answer` or `fallback`.
+    /// `final_answer`, `fallback`, or `none` when the run ended without an answer.
     pub answer_source: &'static str,
+    /// The forced first thought, when the first-thought prefix was used.
+    pub first_thought: Option<String>,
     /// The steps.
     pub steps: Vec<StepRecord>,
     /// Engine counts and times of the fallback request, when there was one.
     pub fallback: Option<CallStats>,
+    /// The conversation as the model saw it (system, user, assistant turns).
+    pub messages: Vec<ChatMessage>,
+    /// Why the run ended early, if it did (the partial trajectory is kept).
+    pub error: Option<String>,
     /// Wall time of the run.
     pub total_ms: f64,
 }
@@ -258,57 +268,131 @@ impl<'m> Agent<'m> {
 
     /// Answers a question. Each question gets a fresh Python session; the model's KV cache
     /// is kept across steps (and across questions, for the shared system prompt).
+    ///
+    /// Errors before the run starts (the sandbox cannot open) are `Err`; a failure during
+    /// the run (e.g. the conversation outgrows the context, or the caller cancels) ends it
+    /// with [`AgentRun::error`] set, keeping the partial trajectory.
     pub fn run(
         &mut self,
         question: &str,
         on_event: &mut dyn FnMut(AgentEvent<'_>) -> bool,
     ) -> Result<AgentRun, AgentError> {
         let t0 = Instant::now();
-        let cfg = &self.config;
-        let tpl = &cfg.template;
-        let max_steps = cfg.max_steps.to_string();
-        let mut messages = vec![
-            ChatMessage::new(
-                "system",
-                prompt::fill(
-                    &tpl.system,
-                    &[
-                        ("tools", &tool_lines(&self.tools)),
-                        ("max_steps", &max_steps),
-                    ],
-                ),
-            ),
-            ChatMessage::new("user", prompt::fill(&tpl.task, &[("question", question)])),
-        ];
         let mut py = self.python.open(SessionOptions {
-            limits: cfg.limits.clone(),
+            limits: self.config.limits.clone(),
             tools: self.tools.clone(),
         })?;
-        let gen = GenerateParams {
-            max_tokens: cfg.step_tokens,
-            sampling: cfg.sampling.clone(),
-            stop: protocol::STOP_SEQUENCES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            grammar: cfg.grammar.clone(),
-            ignore_eog: false,
+        let tpl = &self.config.template;
+        let max_steps = self.config.max_steps.to_string();
+        let mut state = RunState {
+            messages: vec![
+                ChatMessage::new(
+                    "system",
+                    prompt::fill(
+                        &tpl.system,
+                        &[
+                            ("tools", &tool_lines(&self.tools)),
+                            ("max_steps", &max_steps),
+                        ],
+                    ),
+                ),
+                ChatMessage::new("user", prompt::fill(&tpl.task, &[("question", question)])),
+            ],
+            steps: Vec::new(),
+            first_thought: None,
+            answer: None,
+            fallback: None,
         };
+        let outcome = self.run_steps(question, &mut py, &mut state, on_event);
+        let (answer, answer_source) = match state.answer {
+            Some((a, source)) => (a, source),
+            None => (String::new(), "none"),
+        };
+        Ok(AgentRun {
+            question: question.to_owned(),
+            answer,
+            answer_source,
+            first_thought: state.first_thought,
+            steps: state.steps,
+            fallback: state.fallback,
+            messages: state.messages,
+            error: outcome.err().map(|e| e.to_string()),
+            total_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// A plain chain-of-thought request whose first paragraph becomes the forced start of
+    /// the agent's first reply (the paper's first-thought prefix). The paragraph is made to
+    /// fit one thought line: no line breaks, no backticks.
+    pub fn first_thought(&mut self, question: &str) -> Result<String, AgentError> {
+        let tpl = &self.config.template;
+        let messages = [
+            ChatMessage::new("system", tpl.first_thought.trim()),
+            ChatMessage::new("user", question.trim()),
+        ];
+        let params = GenerateParams {
+            max_tokens: self.config.step_tokens,
+            sampling: SamplingParams::greedy(),
+            // Generation can stop once the first paragraph is complete.
+            stop: vec!["\n\n".to_owned()],
+            ..Default::default()
+        };
+        let c = self.session.chat(&messages, &params, &mut |_| true)?;
+        Ok(first_paragraph(&c.text))
+    }
+
+    fn run_steps(
+        &mut self,
+        question: &str,
+        py: &mut PySession,
+        state: &mut RunState,
+        on_event: &mut dyn FnMut(AgentEvent<'_>) -> bool,
+    ) -> Result<(), AgentError> {
+        let cfg = self.config.clone();
+        let tpl = &cfg.template;
+        let mut prefill = None;
+        if cfg.first_thought {
+            let para = self.first_thought(question)?;
+            if !para.is_empty() {
+                prefill = Some(format!("Thought: {para}"));
+                state.first_thought = Some(para);
+            }
+        }
         let model = self.session.model();
-        let mut steps = Vec::new();
         for _ in 0..cfg.max_steps {
-            let prompt = model.tokenize(&model.render_chat(&messages, true)?, true);
+            let gen = GenerateParams {
+                max_tokens: cfg.step_tokens,
+                sampling: cfg.sampling.clone(),
+                stop: protocol::STOP_SEQUENCES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                grammar: cfg.grammar.clone(),
+                ignore_eog: false,
+                prefill: prefill.take(),
+            };
+            let mut text = model.render_chat(&state.messages, true)?;
+            if let Some(p) = &gen.prefill {
+                // The model continues the partial assistant turn.
+                text.push_str(p);
+            }
+            let prompt = model.tokenize(&text, true);
             let mut cancelled = false;
-            let cands = self
-                .session
-                .complete_parallel(&prompt, cfg.sag, &gen, &mut |i, t| {
-                    if i == 0 && !on_event(AgentEvent::Token(t)) {
-                        cancelled = true;
-                    }
-                    !cancelled
-                })?;
+            let mut cands =
+                self.session
+                    .complete_parallel(&prompt, cfg.sag, &gen, &mut |i, t| {
+                        if i == 0 && !on_event(AgentEvent::Token(t)) {
+                            cancelled = true;
+                        }
+                        !cancelled
+                    })?;
             if cancelled {
                 return Err(AgentError::Cancelled);
+            }
+            if let Some(p) = &gen.prefill {
+                for c in &mut cands {
+                    c.text.insert_str(0, p);
+                }
             }
             let t_exec = Instant::now();
             let codes: Vec<Option<String>> = cands
@@ -362,7 +446,9 @@ impl<'m> Agent<'m> {
                 llm: cands[winner].stats,
                 exec_ms,
             };
-            messages.push(ChatMessage::new("assistant", protocol::close_reply(reply)));
+            state
+                .messages
+                .push(ChatMessage::new("assistant", protocol::close_reply(reply)));
             let turn = match chosen {
                 None => tpl.no_code.trim().to_owned(),
                 Some(Ran { result, fork }) => {
@@ -391,28 +477,22 @@ impl<'m> Agent<'m> {
             record.observation = turn.clone();
             let done = record.final_answer.clone();
             let keep_going = on_event(AgentEvent::Step(&record));
-            steps.push(record);
+            state.steps.push(record);
             if let Some(answer) = done {
-                return Ok(AgentRun {
-                    question: question.to_owned(),
-                    answer,
-                    answer_source: "final_answer",
-                    steps,
-                    fallback: None,
-                    total_ms: t0.elapsed().as_secs_f64() * 1e3,
-                });
+                state.answer = Some((answer, "final_answer"));
+                return Ok(());
             }
             if !keep_going {
                 return Err(AgentError::Cancelled);
             }
-            messages.push(ChatMessage::new("user", turn));
+            state.messages.push(ChatMessage::new("user", turn));
         }
         // Out of steps: one more request for an answer from what the conversation holds.
-        messages.push(ChatMessage::new(
+        state.messages.push(ChatMessage::new(
             "user",
             prompt::fill(&tpl.final_fallback, &[("question", question)]),
         ));
-        let prompt = model.tokenize(&model.render_chat(&messages, true)?, true);
+        let prompt = model.tokenize(&model.render_chat(&state.messages, true)?, true);
         let fallback = GenerateParams {
             max_tokens: FALLBACK_TOKENS,
             sampling: SamplingParams::greedy(),
@@ -421,15 +501,56 @@ impl<'m> Agent<'m> {
         let c = self
             .session
             .complete_tokens(&prompt, &fallback, &mut |t| on_event(AgentEvent::Token(t)))?;
-        Ok(AgentRun {
-            question: question.to_owned(),
-            answer: c.text.trim().to_owned(),
-            answer_source: "fallback",
-            steps,
-            fallback: Some(c.stats),
-            total_ms: t0.elapsed().as_secs_f64() * 1e3,
-        })
+        state
+            .messages
+            .push(ChatMessage::new("assistant", c.text.trim()));
+        state.fallback = Some(c.stats);
+        let answer = c.text.trim().to_owned();
+        if !answer.is_empty() {
+            state.answer = Some((answer, "fallback"));
+        }
+        Ok(())
     }
+}
+
+/// A run in the layout of the paper's released trajectories: `question`,
+/// `generated_answer`, `log_data.messages` (system/user/assistant), plus our step records.
+pub fn trajectory_record(run: &AgentRun) -> serde_json::Value {
+    serde_json::json!({
+        "question": run.question,
+        "generated_answer": run.answer,
+        "log_data": {
+            "messages": run.messages,
+            "answer_source": run.answer_source,
+            "first_thought": run.first_thought,
+            "steps": run.steps,
+            "error": run.error,
+            "total_ms": run.total_ms,
+        },
+    })
+}
+
+/// What a run has gathered so far.
+struct RunState {
+    messages: Vec<ChatMessage>,
+    steps: Vec<StepRecord>,
+    first_thought: Option<String>,
+    answer: Option<(String, &'static str)>,
+    fallback: Option<CallStats>,
+}
+
+/// The first non-empty paragraph of a chain of thought, as one line without backticks (so
+/// that it fits the step grammar's thought line).
+pub fn first_paragraph(text: &str) -> String {
+    let para = text
+        .split("\n\n")
+        .map(str::trim)
+        .find(|p| !p.is_empty())
+        .unwrap_or_default();
+    para.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('`', "'")
 }
 
 fn ran_ok(ran: &[Option<Ran>], i: usize, winner: usize, chosen: &Option<Ran>) -> bool {

@@ -53,6 +53,15 @@ pub struct PromptTemplate {
     pub no_code: String,
     /// Extra request when the steps ran out; `{question}`.
     pub final_fallback: String,
+    /// System message of the plain chain-of-thought request behind the first-thought prefix.
+    #[serde(default = "default_first_thought")]
+    pub first_thought: String,
+}
+
+/// A template file may leave out `first_thought`; the built-in one is used then (it has it,
+/// so this never recurses).
+fn default_first_thought() -> String {
+    PromptTemplate::builtin().first_thought
 }
 
 impl PromptTemplate {

@@ -5,8 +5,8 @@ use std::{io::Write, path::PathBuf, process::ExitCode, sync::Arc};
 use anyhow::Result;
 use clap::Args;
 use small_agent::agent::{
-    agent_toolbox, Agent, AgentConfig, AgentEvent, PromptTemplate, SearchFn, DEFAULT_MAX_STEPS,
-    DEFAULT_SAG,
+    agent_toolbox, trajectory_record, Agent, AgentConfig, AgentEvent, AgentRun, PromptTemplate,
+    SearchFn, StepRecord, DEFAULT_MAX_STEPS, DEFAULT_SAG,
 };
 use small_agent_sandbox::Flavour;
 
@@ -29,9 +29,22 @@ pub struct AskArgs {
     /// Do not constrain replies to the Thought/Code format with the step grammar
     #[arg(long)]
     pub no_grammar: bool,
+    /// Sampling temperature of the step replies [default: 0.4 with --sag > 1, else greedy]
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    /// Random seed of the sampling (candidate i uses seed + i)
+    #[arg(long, default_value_t = small_agent::engine::DEFAULT_SEED, value_name = "S")]
+    pub seed: u32,
+    /// Start the first reply with the first paragraph of a plain chain-of-thought answer
+    #[arg(long)]
+    pub first_thought: bool,
     /// Prompt template (TOML, see models/prompts/agent-default.toml)
     #[arg(long, value_name = "FILE")]
     pub prompt: Option<PathBuf>,
+    /// Append the run to FILE as one JSONL line (question, generated_answer,
+    /// log_data.messages), the layout of the paper's released trajectories
+    #[arg(long, value_name = "FILE")]
+    pub trajectory: Option<PathBuf>,
     /// Print the whole run (answer, steps, per-step token counts and times) as JSON
     #[arg(long)]
     pub json: bool,
@@ -59,6 +72,11 @@ pub fn run(args: AskArgs) -> Result<ExitCode> {
     if !args.greedy {
         config = config.with_sag(args.sag);
     }
+    if let Some(t) = args.temperature {
+        config.sampling.temperature = t;
+    }
+    config.sampling.seed = args.seed;
+    config.first_thought = args.first_thought;
     let flavour = args.sandbox.flavour()?;
     if config.sag > 1 && flavour == Flavour::Lite {
         return Err(super::UsageError(
@@ -80,41 +98,80 @@ pub fn run(args: AskArgs) -> Result<ExitCode> {
     let mut agent = Agent::new(&model, &session, python, tools, config)?;
 
     let json = args.json;
+    let color = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut err = std::io::stderr().lock();
     let run = agent.run(&question, &mut |e| {
-        if !json {
-            match e {
-                AgentEvent::Token(t) => {
-                    let _ = err.write_all(t.as_bytes());
-                }
-                AgentEvent::Step(s) => {
-                    let _ = writeln!(
-                        err,
-                        "\n[step: {} prompt tokens, {} cached, {} generated, {} candidates]\n{}",
-                        s.llm.prompt_tokens,
-                        s.llm.cached_tokens,
-                        s.llm.gen_tokens,
-                        s.candidates.len(),
-                        s.observation
-                    );
-                }
-            }
+        if let (false, AgentEvent::Step(s)) = (json, e) {
+            let _ = show_step(&mut err, s, color);
         }
         true
     })?;
     drop(err);
+    if let Some(path) = &args.trajectory {
+        append_trajectory(path, &run)?;
+    }
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer(&mut out, &run)?;
         writeln!(out)?;
-    } else {
+    } else if !run.answer.is_empty() {
         writeln!(out, "{}", run.answer)?;
+    }
+    if let Some(e) = &run.error {
+        eprintln!("error: the run ended early: {e}");
+        return Ok(ExitCode::from(super::EXIT_TASK_FAILED));
     }
     if run.answer.trim().is_empty() {
         eprintln!("error: the agent produced no answer");
         return Ok(ExitCode::from(super::EXIT_TASK_FAILED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Characters of an observation shown on the terminal (the model sees all of it).
+const SHOWN_OBSERVATION_CHARS: usize = 600;
+
+/// Prints a step as it ends: thought, code, and the observation dimmed and shortened.
+fn show_step(w: &mut impl Write, s: &StepRecord, color: bool) -> std::io::Result<()> {
+    let (dim, reset) = if color {
+        ("\x1b[2m", "\x1b[0m")
+    } else {
+        ("", "")
+    };
+    writeln!(w, "Thought: {}", s.thought)?;
+    match &s.code {
+        Some(code) => writeln!(w, "Code:\n{code}")?,
+        None => writeln!(w, "(no code in the reply)")?,
+    }
+    let obs = s.observation.trim();
+    let shown: String = obs.chars().take(SHOWN_OBSERVATION_CHARS).collect();
+    let more = obs.chars().count().saturating_sub(SHOWN_OBSERVATION_CHARS);
+    write!(w, "{dim}{shown}")?;
+    if more > 0 {
+        write!(w, " [... {more} more characters]")?;
+    }
+    writeln!(
+        w,
+        "\n[{} prompt tokens, {} cached, {} generated in {:.0} ms, {} candidates, code {:.0} ms]{reset}\n",
+        s.llm.prompt_tokens,
+        s.llm.cached_tokens,
+        s.llm.gen_tokens,
+        s.llm.prompt_ms + s.llm.gen_ms,
+        s.candidates.len(),
+        s.exec_ms
+    )
+}
+
+/// Appends one JSONL line in the layout of the paper's released trajectories.
+fn append_trajectory(path: &std::path::Path, run: &AgentRun) -> Result<()> {
+    let line = serde_json::to_string(&trajectory_record(run))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| super::UsageError(format!("cannot write {}: {e}", path.display())))?;
+    writeln!(f, "{line}")?;
+    Ok(())
 }
 
 impl SandboxArgs {

@@ -59,7 +59,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         sampling: args.sampling.sampling(),
         stop: args.stop,
         grammar,
-        ignore_eog: false,
+        ..Default::default()
     };
     let mut stdout = std::io::stdout().lock();
     let completion = if args.json {

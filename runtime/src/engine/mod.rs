@@ -363,6 +363,9 @@ pub struct GenerateParams {
     pub grammar: Option<String>,
     /// Keep generating past end-of-generation tokens (benchmarks only).
     pub ignore_eog: bool,
+    /// The start of the reply, already written at the end of the prompt by the caller (e.g.
+    /// a forced first thought): the grammar and the repeat penalty take it as generated.
+    pub prefill: Option<String>,
 }
 
 /// Why generation ended.
@@ -610,6 +613,13 @@ impl<'m> Session<'m> {
                 sp.build(self.model, params.grammar.as_deref())
             })
             .collect::<Result<Vec<_>>>()?;
+        if let Some(prefill) = &params.prefill {
+            let tokens = self.model.tokenize(prefill, false);
+            // The caller guarantees the prefill fits the grammar (llama.cpp aborts otherwise).
+            for s in &mut samplers {
+                s.accept_many(&tokens);
+            }
+        }
 
         let t0 = Instant::now();
         // Sequence 0 is the conversation; candidates of an earlier call that were not
