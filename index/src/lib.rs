@@ -6,7 +6,8 @@
 //!   into place atomically; [`Shard`] opens and searches it.
 //! * [`search`] holds the [`Retriever`] seam and the agent's result formatting.
 //! * `rerank` (feature `rerank`) re-scores BM25 candidates with a MiniLM ONNX embedder.
-//! * [`eval`] measures recall@k and MRR on labelled data; [`bench`] measures speed.
+//! * [`eval`] measures recall@k and MRR on labelled data; [`bench`](mod@bench) measures speed;
+//!   [`tune`] is the train-only parameter harness.
 #![warn(missing_docs)]
 
 pub mod bench;

@@ -457,43 +457,54 @@ impl Shard {
                 meta.schema_version
             )));
         }
-        let index =
-            Index::open_in_dir(path).map_err(|e| corrupt(format!("index does not open: {e}")))?;
-        index.tokenizers().register(ANALYZER, analyzer());
-        let (expected, _) = schema();
-        if index.schema() != expected {
-            return Err(corrupt("index schema differs from the expected one".into()));
-        }
-        let fields = {
-            let s = index.schema();
-            let get = |n: &str| s.get_field(n).map_err(|e| corrupt(e.to_string()));
-            Fields {
-                id: get("id")?,
-                title: get("title")?,
-                text: get("text")?,
+        // tantivy asserts (panics) on some damaged files instead of returning an error; a
+        // damaged shard must be an error that names it, never a crash of the caller.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Shard> {
+            let index = Index::open_in_dir(path)
+                .map_err(|e| corrupt(format!("index does not open: {e}")))?;
+            index.tokenizers().register(ANALYZER, analyzer());
+            let (expected, _) = schema();
+            if index.schema() != expected {
+                return Err(corrupt("index schema differs from the expected one".into()));
             }
-        };
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()
-            .map_err(|e| corrupt(format!("index segments do not load: {e}")))?;
-        let shard = Shard {
-            path: path.to_path_buf(),
-            meta,
-            reader,
-            fields,
-            analyzer: analyzer(),
-            title_boost: DEFAULT_TITLE_BOOST,
-        };
-        let docs = shard.reader.searcher().num_docs();
-        if docs != shard.meta.passages {
-            return Err(corrupt(format!(
-                "index holds {docs} passages but {META_FILE} records {}",
-                shard.meta.passages
-            )));
-        }
-        tracing::debug!(path = %path.display(), passages = docs, "shard opened");
+            let fields = {
+                let s = index.schema();
+                let get = |n: &str| s.get_field(n).map_err(|e| corrupt(e.to_string()));
+                Fields {
+                    id: get("id")?,
+                    title: get("title")?,
+                    text: get("text")?,
+                }
+            };
+            let reader = index
+                .reader_builder()
+                .reload_policy(ReloadPolicy::Manual)
+                .try_into()
+                .map_err(|e| corrupt(format!("index segments do not load: {e}")))?;
+            let shard = Shard {
+                path: path.to_path_buf(),
+                meta,
+                reader,
+                fields,
+                analyzer: analyzer(),
+                title_boost: DEFAULT_TITLE_BOOST,
+            };
+            let docs = shard.reader.searcher().num_docs();
+            if docs != shard.meta.passages {
+                return Err(corrupt(format!(
+                    "index holds {docs} passages but {META_FILE} records {}",
+                    shard.meta.passages
+                )));
+            }
+            Ok(shard)
+        }));
+        let shard = opened.unwrap_or_else(|panic| {
+            Err(corrupt(format!(
+                "index files are damaged ({})",
+                panic_text(&panic)
+            )))
+        })?;
+        tracing::debug!(path = %path.display(), passages = shard.meta.passages, "shard opened");
         Ok(shard)
     }
 
@@ -571,9 +582,24 @@ impl Shard {
 
     /// BM25 top-`k` as (score, passage) pairs.
     pub fn bm25(&self, query: &str, k: usize) -> Result<Vec<(f32, Passage)>> {
+        // As in `open`: damage tantivy meets lazily (e.g. in a doc-store block) can panic.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.bm25_unguarded(query, k)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(Error::Corrupt {
+                path: self.path.clone(),
+                reason: format!("index files are damaged ({})", panic_text(&panic)),
+            })
+        })
+    }
+
+    fn bm25_unguarded(&self, query: &str, k: usize) -> Result<Vec<(f32, Passage)>> {
         let Some(q) = self.build_query(query) else {
             return Ok(Vec::new());
         };
+        // A caller-supplied k (the CLI's -k) must not size a heap beyond the shard itself.
+        let k = k.min(self.meta.passages as usize);
         if k == 0 {
             return Ok(Vec::new());
         }
@@ -608,11 +634,21 @@ impl Shard {
         let Some(q) = self.build_query(query) else {
             return Ok(0);
         };
+        let k = k.min(self.meta.passages as usize).max(1);
         let searcher = self.reader.searcher();
         Ok(searcher
-            .search(&q, &TopDocs::with_limit(k.max(1)).order_by_score())?
+            .search(&q, &TopDocs::with_limit(k).order_by_score())?
             .len())
     }
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown failure".into())
 }
 
 impl Retriever for Shard {

@@ -118,6 +118,12 @@ fn hostile_queries_never_fail() {
             started.elapsed()
         );
     }
+    // An absurd k is clamped to the shard, not allocated.
+    assert_eq!(shard.search("journal", usize::MAX).unwrap().len(), {
+        let all = shard.search("journal", 1_890).unwrap();
+        all.len()
+    });
+    assert!(shard.search("journal", 0).unwrap().is_empty());
     let hits = shard.search(&from_file, 3).unwrap();
     assert_eq!(hits[0].title, "Journal of Mathematical Physics");
     assert!(!shard.search("title:Adolescence", 3).unwrap().is_empty());
@@ -190,6 +196,27 @@ fn missing_foreign_and_corrupt_directories_are_clear_errors() {
     assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
     assert_message(&err, &bad_index);
 
+    // One kind of file overwritten with a few bytes (tantivy asserts on these rather than
+    // returning an error; the shard must still report itself as corrupt).
+    for ext in ["store", "term", "idx", "pos", "fast", "fieldnorm"] {
+        let garbled = dir.path().join(format!("garbled-{ext}"));
+        copy_dir(&good, &garbled);
+        for e in std::fs::read_dir(&garbled).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == ext) {
+                std::fs::write(&p, b"garbage").unwrap();
+            }
+        }
+        let opened = Shard::open(&garbled);
+        let err = match opened {
+            Err(e) => e,
+            // Some files are only read by a search.
+            Ok(shard) => shard.search("Lilu demon", 3).unwrap_err(),
+        };
+        assert!(matches!(err, Error::Corrupt { .. }), "{ext}: {err:?}");
+        assert_message(&err, &garbled);
+    }
+
     // Tantivy's own meta.json gone.
     let no_meta = dir.path().join("no-tantivy-meta");
     copy_dir(&good, &no_meta);
@@ -231,12 +258,13 @@ fn endless_build_child() {
         title: format!("Endless {i}"),
         text: "a passage that keeps the build busy until it is killed ".repeat(4),
     });
-    let _ = build_shard_from_iter(
-        endless,
-        "endless",
-        Path::new(&out),
-        &BuildOptions::default(),
-    );
+    // A small indexing budget makes tantivy flush segments to disk within a second.
+    let opts = BuildOptions {
+        heap_bytes: 30_000_000,
+        threads: 2,
+        ..BuildOptions::default()
+    };
+    let _ = build_shard_from_iter(endless, "endless", Path::new(&out), &opts);
     unreachable!("the endless build cannot finish");
 }
 
@@ -259,11 +287,16 @@ fn killed_build_leaves_previous_shard_intact() {
         .spawn()
         .unwrap();
     let tmp = dir.path().join(format!(".shard.building-{}", child.id()));
-    // Wait until the child has written index data (a segment flush) into its temp dir.
+    // Wait until the child has flushed a segment (its postings file) into its temp dir.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let files = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
-        if files > 3 {
+        let flushed = std::fs::read_dir(&tmp)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "idx"))
+            })
+            .unwrap_or(false);
+        if flushed {
             break;
         }
         assert!(
@@ -273,7 +306,6 @@ fn killed_build_leaves_previous_shard_intact() {
         assert!(child.try_wait().unwrap().is_none(), "child exited early");
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(300));
     child.kill().unwrap(); // SIGKILL: no destructor, no cleanup
     child.wait().unwrap();
 

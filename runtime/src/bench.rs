@@ -77,14 +77,16 @@ fn random_tokens(n: usize, n_vocab: i32, seed: u64) -> Vec<LlamaToken> {
 /// tg through the full generation path (greedy sampling, detokenisation, stop handling).
 /// tg times `tg` decodes plus `tg + 1` samplings (llama-bench times the decodes alone).
 pub fn bench_engine(model: &Model, params: &LlmBenchParams) -> Result<LlmBenchResult, EngineError> {
-    let sp = SessionParams {
-        n_ctx: params.pp_tokens + params.tg_tokens + 16,
+    // Contexts sized as llama-bench sizes them: the pp test's prompt, the tg test's tokens.
+    let sp = |n_ctx: u32| SessionParams {
+        n_ctx,
         n_threads: params.threads,
         n_threads_batch: params.threads,
         n_batch: params.pp_tokens.max(1),
         n_seq_max: 1,
     };
-    let mut session = model.session(&sp)?;
+    let mut pp_session = model.session(&sp(params.pp_tokens))?;
+    let mut tg_session = model.session(&sp(params.tg_tokens + 1))?;
     let pp_prompt = random_tokens(params.pp_tokens as usize, model.n_vocab(), 0x5eed);
     let one = GenerateParams {
         max_tokens: 1,
@@ -100,11 +102,11 @@ pub fn bench_engine(model: &Model, params: &LlmBenchParams) -> Result<LlmBenchRe
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     for rep in 0..=params.repetitions {
-        session.clear();
-        let c = session.complete_tokens(&pp_prompt, &one, &mut |_| true)?;
-        session.clear();
+        pp_session.clear();
+        let c = pp_session.complete_tokens(&pp_prompt, &one, &mut |_| true)?;
+        tg_session.clear();
         let start = Instant::now();
-        let g = session.complete_tokens(&pp_prompt[..1], &gen, &mut |_| true)?;
+        let g = tg_session.complete_tokens(&pp_prompt[..1], &gen, &mut |_| true)?;
         let tg_s = start.elapsed().as_secs_f64() - g.stats.prompt_ms / 1e3;
         if rep > 0 {
             // Repetition 0 warms caches and the thread pool, as llama-bench does.

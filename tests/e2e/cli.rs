@@ -378,3 +378,54 @@ fn bench_parallel_reports_the_step_ratio() {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
     }
 }
+
+#[test]
+fn index_build_info_and_a_corrupt_shard() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/hipporag-samples/hotpotqa_train_corpus.json");
+    assert!(
+        corpus.is_file(),
+        "shared data missing: {}",
+        corpus.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("shard");
+    cmd()
+        .args([
+            "index", "build", "--quiet", "--format", "hipporag", "--input",
+        ])
+        .arg(&corpus)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("passages/s"));
+    let info = cmd()
+        .args(["index", "info", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(info.status.success());
+    let v = json_of(&info);
+    assert_eq!(v["passages"], 994, "{v}");
+    // Damage the shard: opening it is an environment error naming the path.
+    for f in std::fs::read_dir(&out).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "store") {
+            std::fs::write(&p, b"garbage").unwrap();
+        }
+    }
+    let e = cmd()
+        .args(["index", "search", "--index"])
+        .arg(&out)
+        .arg("Lilu")
+        .output()
+        .unwrap();
+    assert_eq!(
+        e.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&e.stderr)
+    );
+    assert!(String::from_utf8_lossy(&e.stderr).contains(&out.display().to_string()));
+}

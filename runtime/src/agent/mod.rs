@@ -8,6 +8,7 @@
 //! session's state (no re-execution, no leaked side effects).
 pub mod prompt;
 pub mod protocol;
+pub mod quick_eval;
 
 use std::{sync::Arc, time::Instant};
 

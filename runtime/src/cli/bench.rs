@@ -35,6 +35,8 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The agent on a question file: accuracy and parse-error rate with and without the grammar
+    Agent(super::bench_agent::BenchAgentArgs),
     /// Sandbox: cold session, warm print(1), fork, CPU-bound snippets vs native CPython
     Sandbox(super::python::BenchSandboxArgs),
     /// Knowledge shard: indexing passages/s and query latency over a 1M-passage corpus, vs bm25s
@@ -76,6 +78,7 @@ struct Report {
 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
+        BenchCommand::Agent(a) => super::bench_agent::run(a),
         BenchCommand::Sandbox(a) => super::python::bench(a),
         BenchCommand::Index(a) => super::index::bench(a),
         BenchCommand::Llm {

@@ -2,6 +2,7 @@
 //! and the mapping of errors to exit codes: 0 ok, 1 the task failed, 2 usage or environment.
 mod ask;
 mod bench;
+mod bench_agent;
 mod generate;
 mod index;
 mod models;

@@ -87,9 +87,8 @@ pub enum EngineError {
     },
     /// The prompt does not fit into the context.
     #[error(
-        "the prompt is {prompt_tokens} tokens but the context holds {n_ctx} (at least one more \
-         is needed to generate); shorten the input or raise the context size (--ctx-size, the \
-         model was trained with {n_ctx_train})"
+        "the prompt is {prompt_tokens} tokens but the context holds {n_ctx}; shorten the input \
+         or raise the context size (--ctx-size, the model was trained with {n_ctx_train})"
     )]
     ContextOverflow {
         /// Tokens of the prompt.
@@ -458,6 +457,17 @@ impl std::fmt::Debug for Session<'_> {
     }
 }
 
+/// The token with the highest logit (the first one on ties, as llama.cpp's greedy sampler).
+fn argmax(logits: &[f32]) -> LlamaToken {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    LlamaToken(best as i32)
+}
+
 /// Length of the common prefix of two token lists.
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
@@ -598,7 +608,7 @@ impl<'m> Session<'m> {
                 self.cached.len()
             )));
         }
-        if prompt.len() + n > n_ctx {
+        if prompt.len() > n_ctx {
             return Err(EngineError::ContextOverflow {
                 prompt_tokens: prompt.len(),
                 n_ctx: n_ctx as u32,
@@ -613,6 +623,11 @@ impl<'m> Session<'m> {
                 sp.build(self.model, params.grammar.as_deref())
             })
             .collect::<Result<Vec<_>>>()?;
+        // Plain argmax needs no sampler: scanning the logits directly skips building the
+        // vocabulary-sized candidate array on every token (measurable on small models).
+        let plain_argmax = params.sampling.temperature <= 0.0
+            && params.sampling.repeat_penalty == 1.0
+            && params.grammar.is_none();
         if let Some(prefill) = &params.prefill {
             let tokens = self.model.tokenize(prefill, false);
             // The caller guarantees the prefill fits the grammar (llama.cpp aborts otherwise).
@@ -672,11 +687,11 @@ impl<'m> Session<'m> {
                     c.finish = Some(FinishReason::Length);
                     continue;
                 }
-                if cells >= n_ctx {
-                    c.finish = Some(FinishReason::ContextFull);
-                    continue;
-                }
-                let token = samplers[i].sample(&self.ctx, logits_idx[i]);
+                let token = if plain_argmax {
+                    argmax(self.ctx.get_logits_ith(logits_idx[i]))
+                } else {
+                    samplers[i].sample(&self.ctx, logits_idx[i])
+                };
                 c.gen_tokens += 1;
                 if !params.ignore_eog && vocab.is_eog(token) {
                     c.finish = Some(FinishReason::EndOfText);
@@ -694,6 +709,9 @@ impl<'m> Session<'m> {
                 } else if c.gen_tokens == params.max_tokens as usize {
                     // Not evaluated: nothing will be sampled after it.
                     c.finish = Some(FinishReason::Length);
+                } else if cells >= n_ctx {
+                    // No cell left to evaluate it in: the reply ends here, visibly.
+                    c.finish = Some(FinishReason::ContextFull);
                 } else {
                     next.push((i, token));
                     cells += 1;
