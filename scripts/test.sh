@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
-cargo test --release --locked --workspace
+cargo test --release --locked --workspace --no-fail-fast
 cargo test --release --locked -p small-agent-index --features rerank
