@@ -19,6 +19,67 @@ struct Buf {
     dropped: usize,
 }
 
+/// The WASI stream traits of a sink whose `push(&self, &[u8])` takes everything written:
+/// writes never block and never fail (a capped sink counts and drops the excess), so the
+/// guest cannot observe the cap as an error.
+macro_rules! push_stream {
+    ($t:ty) => {
+        impl IsTerminal for $t {
+            fn is_terminal(&self) -> bool {
+                false
+            }
+        }
+
+        impl StdoutStream for $t {
+            fn p2_stream(&self) -> Box<dyn OutputStream> {
+                Box::new(self.clone())
+            }
+            fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+                Box::new(self.clone())
+            }
+        }
+
+        #[wasmtime_wasi::async_trait]
+        impl OutputStream for $t {
+            fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+                self.push(&bytes);
+                Ok(())
+            }
+            fn flush(&mut self) -> Result<(), StreamError> {
+                Ok(())
+            }
+            fn check_write(&mut self) -> Result<usize, StreamError> {
+                Ok(1 << 20)
+            }
+        }
+
+        #[wasmtime_wasi::async_trait]
+        impl Pollable for $t {
+            async fn ready(&mut self) {}
+        }
+
+        impl tokio::io::AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<std::io::Result<usize>> {
+                self.push(buf);
+                Poll::Ready(Ok(buf.len()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+    };
+}
+
 /// Printed output of the guest, shared by stdout and stderr so that their order is kept.
 #[derive(Debug, Clone)]
 pub(crate) struct OutputCapture(Arc<Mutex<Buf>>);
@@ -51,57 +112,7 @@ impl OutputCapture {
     }
 }
 
-impl IsTerminal for OutputCapture {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for OutputCapture {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl OutputStream for OutputCapture {
-    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        self.push(&bytes);
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), StreamError> {
-        Ok(())
-    }
-    fn check_write(&mut self) -> Result<usize, StreamError> {
-        // Always accept: excess is counted and dropped, never an error the guest could see.
-        Ok(1 << 20)
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for OutputCapture {
-    async fn ready(&mut self) {}
-}
-
-impl tokio::io::AsyncWrite for OutputCapture {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.push(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+push_stream!(OutputCapture);
 
 /// Frame header: a record-separator marker and eight hex digits of payload length. Must match
 /// `_MARK` in driver.py.
@@ -184,56 +195,7 @@ impl FrameSink {
     }
 }
 
-impl IsTerminal for FrameSink {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for FrameSink {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl OutputStream for FrameSink {
-    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        self.push(&bytes);
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), StreamError> {
-        Ok(())
-    }
-    fn check_write(&mut self) -> Result<usize, StreamError> {
-        Ok(1 << 20)
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for FrameSink {
-    async fn ready(&mut self) {}
-}
-
-impl tokio::io::AsyncWrite for FrameSink {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.push(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+push_stream!(FrameSink);
 
 /// The lite guest's fd 0: blocks the guest thread until the host sends bytes. Dropping every
 /// sender closes it (the guest then reads EOF and its driver exits).

@@ -26,8 +26,11 @@ pub struct AskArgs {
     /// Argmax decoding, one candidate per step (overrides --sag)
     #[arg(long)]
     pub greedy: bool,
-    /// Do not constrain replies to the Thought/Code format with the step grammar
-    #[arg(long)]
+    /// Constrain replies to the Thought/Code format with the step grammar (the default)
+    #[arg(long, overrides_with = "no_grammar")]
+    pub grammar: bool,
+    /// Let the model write freely (no step grammar)
+    #[arg(long, overrides_with = "grammar")]
     pub no_grammar: bool,
     /// Sampling temperature of the step replies [default: 0.4 with --sag > 1, else greedy]
     #[arg(long, value_name = "T")]
