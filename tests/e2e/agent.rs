@@ -193,3 +193,26 @@ fn the_first_thought_prefix_starts_the_first_reply() {
         run.messages
     );
 }
+
+#[test]
+fn only_the_winning_candidates_effects_reach_the_session() {
+    use small_agent::agent::execute_candidates;
+    let python = assets::python_backend(Flavour::Full).unwrap();
+    let mut py = python.open(Default::default()).unwrap();
+    py.exec("shared = []");
+    let codes = [
+        Some("a_var = 1\nshared.append('a')\nprint('x')".to_owned()),
+        None,
+        Some("b_var = 2\nshared.append('b')\nprint('y')".to_owned()),
+        Some("1 / 0".to_owned()),
+        Some("c_var = 3\nshared.append('c')\nprint('y')".to_owned()),
+    ];
+    let step = execute_candidates(&mut py, &codes).unwrap();
+    // The two candidates that printed "y" form the largest group; the first of them wins.
+    assert_eq!(step.winner, 2);
+    let votes: Vec<usize> = step.candidates.iter().map(|c| c.votes).collect();
+    assert_eq!(votes, [1, 0, 2, 0, 2]);
+    assert_eq!(step.result.as_ref().unwrap().output, "y\n");
+    let seen = py.exec("print([n for n in ('a_var', 'b_var', 'c_var') if n in globals()], shared)");
+    assert_eq!(seen.output, "['b_var'] ['b']\n", "{seen:?}");
+}

@@ -400,33 +400,12 @@ impl<'m> Agent<'m> {
                 .iter()
                 .map(|c| protocol::extract_code(&c.text))
                 .collect();
-            let mut ran: Vec<Option<Ran>> = Vec::with_capacity(cands.len());
-            if cands.len() == 1 {
-                // One candidate: run it on the session itself, no fork needed.
-                ran.push(codes[0].as_ref().map(|code| Ran {
-                    result: py.exec(code),
-                    fork: None,
-                }));
-            } else {
-                for code in &codes {
-                    ran.push(match code {
-                        Some(code) => {
-                            let mut fork = py.fork()?;
-                            let result = fork.exec(code);
-                            Some(Ran {
-                                result,
-                                fork: Some(fork),
-                            })
-                        }
-                        None => None,
-                    });
-                }
-            }
-            let (winner, votes) = vote(&ran);
+            let step = execute_candidates(py, &codes)?;
+            let winner = step.winner;
             let exec_ms = t_exec.elapsed().as_secs_f64() * 1e3;
             self.session.keep_sequence(winner)?;
             let reply = &cands[winner].text;
-            let chosen = ran[winner].take();
+            let chosen = step.result;
             let mut record = StepRecord {
                 reply: reply.clone(),
                 thought: protocol::extract_thought(reply),
@@ -437,13 +416,7 @@ impl<'m> Agent<'m> {
                 tool_calls: 0,
                 final_answer: None,
                 winner,
-                candidates: (0..cands.len())
-                    .map(|i| CandidateRecord {
-                        parsed: codes[i].is_some(),
-                        ran: ran_ok(&ran, i, winner, &chosen),
-                        votes: votes[i],
-                    })
-                    .collect(),
+                candidates: step.candidates,
                 llm: cands[winner].stats,
                 exec_ms,
             };
@@ -452,10 +425,7 @@ impl<'m> Agent<'m> {
                 .push(ChatMessage::new("assistant", protocol::close_reply(reply)));
             let turn = match chosen {
                 None => tpl.no_code.trim().to_owned(),
-                Some(Ran { result, fork }) => {
-                    if let Some(f) = fork {
-                        py.adopt(f);
-                    }
+                Some(result) => {
                     record.tool_calls = result.tool_calls;
                     record.final_answer = result.final_answer.as_ref().map(answer_text);
                     match &result.error {
@@ -554,13 +524,67 @@ pub fn first_paragraph(text: &str) -> String {
         .replace('`', "'")
 }
 
-fn ran_ok(ran: &[Option<Ran>], i: usize, winner: usize, chosen: &Option<Ran>) -> bool {
-    let r = if i == winner {
-        chosen.as_ref()
+/// What running a step's candidates decided.
+#[derive(Debug)]
+pub struct ExecutedStep {
+    /// Index of the winning candidate.
+    pub winner: usize,
+    /// The winner's result (`None` when its reply had no code).
+    pub result: Option<ExecResult>,
+    /// Every candidate's outcome.
+    pub candidates: Vec<CandidateRecord>,
+}
+
+/// Runs a step's candidates and makes the winner's effects the session's state.
+///
+/// One candidate runs on the session itself. Several run each on its own fork of the
+/// session (a losing candidate's side effects never reach it); the vote picks the winner
+/// and the session adopts the winner's fork, so nothing runs twice. `codes[i]` is `None`
+/// when candidate `i` had no code.
+pub fn execute_candidates(
+    py: &mut PySession,
+    codes: &[Option<String>],
+) -> Result<ExecutedStep, AgentError> {
+    let mut ran: Vec<Option<Ran>> = Vec::with_capacity(codes.len());
+    if codes.len() == 1 {
+        ran.push(codes[0].as_ref().map(|code| Ran {
+            result: py.exec(code),
+            fork: None,
+        }));
     } else {
-        ran[i].as_ref()
-    };
-    r.is_some_and(|r| r.result.ok())
+        for code in codes {
+            ran.push(match code {
+                Some(code) => {
+                    let mut fork = py.fork()?;
+                    let result = fork.exec(code);
+                    Some(Ran {
+                        result,
+                        fork: Some(fork),
+                    })
+                }
+                None => None,
+            });
+        }
+    }
+    let (winner, votes) = vote(&ran);
+    let candidates = (0..codes.len())
+        .map(|i| CandidateRecord {
+            parsed: codes[i].is_some(),
+            ran: ran[i].as_ref().is_some_and(|r| r.result.ok()),
+            votes: votes[i],
+        })
+        .collect();
+    let result = ran[winner].take().map(|Ran { result, fork }| {
+        if let Some(f) = fork {
+            py.adopt(f);
+        }
+        result
+    });
+    Ok(ExecutedStep {
+        winner,
+        result,
+        candidates,
+    })
 }
 
 /// The text of a `final_answer` value: strings as they are, anything else as its repr.
