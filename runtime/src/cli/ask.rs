@@ -176,10 +176,3 @@ fn append_trajectory(path: &std::path::Path, run: &AgentRun) -> Result<()> {
     writeln!(f, "{line}")?;
     Ok(())
 }
-
-impl SandboxArgs {
-    /// The interpreter flavour.
-    pub fn flavour(&self) -> Result<Flavour> {
-        Ok(self.python.parse()?)
-    }
-}

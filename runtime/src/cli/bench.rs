@@ -7,7 +7,7 @@ use serde::Serialize;
 use small_agent::bench::{self, LlmBenchParams, LlmBenchResult};
 use small_agent_models::Store;
 
-use super::ModelArgs;
+use super::{ModelArgs, ThreadArgs};
 
 /// `bench` subcommands.
 #[derive(Debug, Subcommand)]
@@ -16,9 +16,8 @@ pub enum BenchCommand {
     Llm {
         #[command(flatten)]
         model: ModelArgs,
-        /// CPU threads for both engines [default: one per available core]
-        #[arg(long, short = 't', value_name = "N")]
-        threads: Option<i32>,
+        #[command(flatten)]
+        threads: ThreadArgs,
         /// Prompt tokens of the pp test
         #[arg(long, default_value_t = bench::DEFAULT_PP_TOKENS, value_name = "N")]
         pp: u32,
@@ -45,9 +44,8 @@ pub enum BenchCommand {
     Parallel {
         #[command(flatten)]
         model: ModelArgs,
-        /// CPU threads [default: one per available core]
-        #[arg(long, short = 't', value_name = "N")]
-        threads: Option<i32>,
+        #[command(flatten)]
+        threads: ThreadArgs,
         /// Candidates decoded side by side
         #[arg(long, short = 'n', default_value_t = bench::DEFAULT_PARALLEL, value_name = "N")]
         n: u32,
@@ -103,7 +101,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
                 pp_tokens: prompt,
                 tg_tokens: tokens,
                 repetitions: reps.max(1),
-                threads: threads.unwrap_or_else(small_agent::engine::default_threads),
+                threads: threads.get(),
             };
             let loaded = model.load()?;
             let r = bench::bench_parallel(&loaded, &params, n.max(1))?;
@@ -124,7 +122,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
 
 fn run_llm(
     model: ModelArgs,
-    threads: Option<i32>,
+    threads: ThreadArgs,
     pp: u32,
     tg: u32,
     reps: u32,
@@ -135,7 +133,7 @@ fn run_llm(
         pp_tokens: pp,
         tg_tokens: tg,
         repetitions: reps.max(1),
-        threads: threads.unwrap_or_else(small_agent::engine::default_threads),
+        threads: threads.get(),
     };
     let theirs_path = match llama_bench {
         Some(p) => p,
@@ -153,7 +151,7 @@ fn run_llm(
     let theirs = match bench::bench_llama_cpp(&theirs_path, &path, &params) {
         Ok(t) => t,
         Err(e) => {
-            print_row("small-agent", &ours, pp, tg);
+            print_row("small-agent", &ours);
             return Err(e.into());
         }
     };
@@ -178,8 +176,8 @@ fn run_llm(
             format!("pp{pp} tok/s"),
             format!("tg{tg} tok/s")
         );
-        print_row("small-agent", &report.ours, pp, tg);
-        print_row("llama-bench", &report.llama_bench, pp, tg);
+        print_row("small-agent", &report.ours);
+        print_row("llama-bench", &report.llama_bench);
         println!(
             "{:<14} {:>18.3} {:>18.3}",
             "ratio", report.ratio_pp, report.ratio_tg
@@ -188,7 +186,7 @@ fn run_llm(
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_row(name: &str, r: &LlmBenchResult, _pp: u32, _tg: u32) {
+fn print_row(name: &str, r: &LlmBenchResult) {
     println!(
         "{:<14} {:>18} {:>18}",
         name,

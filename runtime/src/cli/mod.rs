@@ -138,21 +138,35 @@ impl ModelArgs {
     }
 }
 
+/// The engine's thread count (one definition, shared by every command that runs the model).
+#[derive(Debug, Clone, Args)]
+pub struct ThreadArgs {
+    /// CPU threads [default: one per available core]
+    #[arg(long, short = 't', value_name = "N")]
+    pub threads: Option<i32>,
+}
+
+impl ThreadArgs {
+    /// The thread count: the flag, else one per available core.
+    pub fn get(&self) -> i32 {
+        self.threads.unwrap_or_else(default_threads)
+    }
+}
+
 /// Context and threads.
 #[derive(Debug, Clone, Args)]
 pub struct ContextArgs {
     /// Context size in tokens
     #[arg(long, default_value_t = engine::DEFAULT_CTX_SIZE, value_name = "N")]
     pub ctx_size: u32,
-    /// CPU threads [default: one per available core]
-    #[arg(long, short = 't', value_name = "N")]
-    pub threads: Option<i32>,
+    #[command(flatten)]
+    pub threads: ThreadArgs,
 }
 
 impl ContextArgs {
     /// Session parameters from the flags.
     pub fn session_params(&self) -> SessionParams {
-        let t = self.threads.unwrap_or_else(default_threads);
+        let t = self.threads.get();
         SessionParams {
             n_ctx: self.ctx_size,
             n_threads: t,
@@ -244,6 +258,13 @@ impl ShardArgs {
             }
         };
         Ok(small_agent_index::Shard::open(&dir)?)
+    }
+}
+
+impl SandboxArgs {
+    /// The interpreter flavour.
+    pub fn flavour(&self) -> Result<small_agent_sandbox::Flavour> {
+        Ok(self.python.parse()?)
     }
 }
 
