@@ -62,14 +62,15 @@ pub(crate) fn shared() -> Result<&'static Shared> {
 }
 
 /// A per-store deadline, readable from the epoch callback on whatever thread runs the guest.
+/// A raised cancel flag counts as a deadline already passed.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Deadline(Arc<AtomicU64>);
+pub(crate) struct Deadline(Arc<AtomicU64>, crate::CancelFlag);
 
 const NO_DEADLINE: u64 = u64::MAX;
 
 impl Deadline {
-    pub(crate) fn new() -> Self {
-        Deadline(Arc::new(AtomicU64::new(NO_DEADLINE)))
+    pub(crate) fn new(cancel: crate::CancelFlag) -> Self {
+        Deadline(Arc::new(AtomicU64::new(NO_DEADLINE)), cancel)
     }
 
     fn nanos(shared: &Shared) -> u64 {
@@ -77,7 +78,7 @@ impl Deadline {
     }
 
     pub(crate) fn passed(&self, shared: &Shared) -> bool {
-        Self::nanos(shared) >= self.0.load(Ordering::Relaxed)
+        self.1.is_raised() || Self::nanos(shared) >= self.0.load(Ordering::Relaxed)
     }
 
     fn set(&self, shared: &Shared, timeout: Duration) {

@@ -228,7 +228,7 @@ impl FullInner {
                 .build(),
             tools: tools.clone(),
             exec: ExecState::default(),
-            deadline: Deadline::new(),
+            deadline: Deadline::new(limits.cancel.clone()),
             shared: self.shared,
             clock,
         };
@@ -301,6 +301,7 @@ impl FullInner {
             capture,
             tools: tools.clone(),
             limits: limits.clone(),
+            stale: false,
         })
     }
 }
@@ -327,6 +328,8 @@ pub(crate) struct FullInstance {
     capture: OutputCapture,
     tools: Arc<Toolbox>,
     limits: Limits,
+    /// Broken by a cancelled exec and not yet replaced.
+    stale: bool,
 }
 
 fn classify(err: wasmtime::Error) -> CallEnd {
@@ -475,13 +478,28 @@ impl Interp for FullInterp {
         let started = Instant::now();
         let r = self.worker.call_timeout(
             move |inst| {
+                if inst.stale {
+                    // Stopped by a cancel last time; its replacement starts now.
+                    match inst
+                        .inner
+                        .instantiate(&inst.tools, &inst.limits)
+                        .and_then(|mut fresh| fresh.boot().map(|_| fresh))
+                    {
+                        Ok(fresh) => *inst = fresh,
+                        Err(e) => return crate::session::failed_exec(e, started),
+                    }
+                }
                 let source = crate::session::step_source(&code);
                 let (end, st, out) = inst.turn(&source, &limits2);
                 // Unwound mid-turn, or returned without the driver's report: the interpreter's
                 // state is not trustworthy any more. Replace it.
                 let broken = !matches!(end, CallEnd::Returned) || st.result.is_none();
                 let mut res = assemble(&limits2, out, st, end, started.elapsed());
-                if broken {
+                if broken && limits2.cancel.is_raised() {
+                    // A restart now would be cancelled as well: replace it at the next exec.
+                    res.reset = true;
+                    inst.stale = true;
+                } else if broken {
                     res.reset = true;
                     match inst
                         .inner

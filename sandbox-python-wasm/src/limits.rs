@@ -1,6 +1,10 @@
 //! Limits every session runs under. Each has a named default so that the CLI, the runtime's
 //! config and the tests all refer to the same number.
 
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
 use std::time::Duration;
 
 /// Wall-clock budget of one `exec`, enforced by wasmtime's epoch interruption.
@@ -56,7 +60,43 @@ pub struct Limits {
     pub max_tool_calls: usize,
     /// Importable modules (a name allows its submodules too); `None` allows every import.
     pub allowed_imports: Option<Vec<String>>,
+    /// Raised by another thread to stop the running exec at the next epoch tick. Fixed when
+    /// the session opens (forks share it).
+    pub cancel: CancelFlag,
 }
+
+/// A flag any thread may raise to stop a session's execs: the running one ends at the next
+/// epoch tick ([`EPOCH_TICK`]) with [`crate::ErrorKind::Cancelled`], and so does every exec
+/// started while it stays raised. Clones share the flag; two limits are equal only when they
+/// share it.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    /// A new, lowered flag.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Asks every exec under this flag to stop.
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Lets execs run again.
+    pub fn lower(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+    /// Whether the flag is raised.
+    pub fn is_raised(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl PartialEq for CancelFlag {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for CancelFlag {}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -72,6 +112,7 @@ impl Default for Limits {
                     .map(|s| s.to_string())
                     .collect(),
             ),
+            cancel: CancelFlag::new(),
         }
     }
 }

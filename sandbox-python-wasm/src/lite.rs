@@ -283,7 +283,7 @@ impl LiteInterp {
             events: Mutex::new(ev_tx),
         });
         let capture = OutputCapture::new(self.limits.output_chars * 4 + 1024);
-        let deadline = Deadline::new();
+        let deadline = Deadline::new(self.limits.cancel.clone());
         let sink_chan = chan.clone();
         let sink = FrameSink::new(
             crate::limits::MAX_FRAME_BYTES,
@@ -438,7 +438,10 @@ impl Interp for LiteInterp {
         let mut res = assemble(limits, out, st, end, started.elapsed());
         if broken {
             res.reset = true;
-            if let Err(e) = self.start() {
+            if limits.cancel.is_raised() {
+                // Restarting now would be cancelled too: start afresh at the next exec.
+                self.live = None;
+            } else if let Err(e) = self.start() {
                 tracing::error!(error = %e, "could not restart the lite interpreter");
             }
         }

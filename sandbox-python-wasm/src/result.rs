@@ -21,6 +21,8 @@ pub enum ErrorKind {
     Trap,
     /// The snippet broke the sandbox's own driver or channel.
     Sandbox,
+    /// The session's cancel flag was raised ([`crate::CancelFlag`]).
+    Cancelled,
 }
 
 /// A Python error (or a sandbox-level stop) as the agent sees it.
@@ -161,6 +163,14 @@ pub(crate) fn assemble(
     let mut reset = false;
     let mut value = None;
     let error = match end {
+        CallEnd::Timeout if limits.cancel.is_raised() => {
+            reset = true;
+            Some(sandbox_error(
+                ErrorKind::Cancelled,
+                "CancelledError",
+                "the run was cancelled and the snippet was stopped".into(),
+            ))
+        }
         CallEnd::Timeout => {
             reset = true;
             Some(sandbox_error(

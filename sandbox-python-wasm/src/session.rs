@@ -226,12 +226,14 @@ impl Session {
         &self.limits
     }
 
-    /// Changes the per-exec limits (timeout, output/value caps, tool-call budget).
+    /// Changes the per-exec limits (timeout, output/value caps, tool-call budget); the memory
+    /// cap, the allowed imports and the cancel flag stay those the session opened with.
     pub fn set_limits(&mut self, limits: Limits) -> Result<()> {
         limits.validate()?;
         self.limits = Limits {
             memory_bytes: self.limits.memory_bytes,
             allowed_imports: self.limits.allowed_imports.clone(),
+            cancel: self.limits.cancel.clone(),
             ..limits
         };
         Ok(())

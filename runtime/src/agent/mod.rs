@@ -172,8 +172,36 @@ pub struct AgentRun {
     pub messages: Vec<ChatMessage>,
     /// Why the run ended early, if it did (the partial trajectory is kept).
     pub error: Option<String>,
+    /// What kind of failure ended it early, for callers that branch on it.
+    pub failure: Option<RunFailure>,
     /// Wall time of the run.
     pub total_ms: f64,
+}
+
+/// The kind of failure that ended a run early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunFailure {
+    /// The caller cancelled (the event callback returned `false`, or the cancel flag in
+    /// [`AgentConfig::limits`] was raised).
+    Cancelled,
+    /// The conversation outgrew the context.
+    ContextOverflow,
+    /// Another engine failure.
+    Engine,
+    /// The sandbox could not fork or open a session.
+    Sandbox,
+}
+
+impl RunFailure {
+    fn of(e: &AgentError) -> Self {
+        match e {
+            AgentError::Cancelled => RunFailure::Cancelled,
+            AgentError::Engine(EngineError::ContextOverflow { .. }) => RunFailure::ContextOverflow,
+            AgentError::Engine(_) => RunFailure::Engine,
+            AgentError::Sandbox(_) => RunFailure::Sandbox,
+        }
+    }
 }
 
 /// Progress of a run, for streaming front ends.
@@ -317,6 +345,7 @@ impl<'m> Agent<'m> {
             steps: state.steps,
             fallback: state.fallback,
             messages: state.messages,
+            failure: outcome.as_ref().err().map(RunFailure::of),
             error: outcome.err().map(|e| e.to_string()),
             total_ms: t0.elapsed().as_secs_f64() * 1e3,
         })
@@ -360,7 +389,11 @@ impl<'m> Agent<'m> {
             }
         }
         let model = self.session.model();
+        let cancel = cfg.limits.cancel.clone();
         for _ in 0..cfg.max_steps {
+            if cancel.is_raised() {
+                return Err(AgentError::Cancelled);
+            }
             let gen = GenerateParams {
                 max_tokens: cfg.step_tokens,
                 sampling: cfg.sampling.clone(),
@@ -382,7 +415,7 @@ impl<'m> Agent<'m> {
             let mut cands =
                 self.session
                     .complete_parallel(&prompt, cfg.sag, &gen, &mut |i, t| {
-                        if i == 0 && !on_event(AgentEvent::Token(t)) {
+                        if cancel.is_raised() || (i == 0 && !on_event(AgentEvent::Token(t))) {
                             cancelled = true;
                         }
                         !cancelled
@@ -401,6 +434,9 @@ impl<'m> Agent<'m> {
                 .map(|c| protocol::extract_code(&c.text))
                 .collect();
             let step = execute_candidates(py, &codes)?;
+            if cancel.is_raised() {
+                return Err(AgentError::Cancelled);
+            }
             let winner = step.winner;
             let exec_ms = t_exec.elapsed().as_secs_f64() * 1e3;
             self.session.keep_sequence(winner)?;
@@ -469,9 +505,12 @@ impl<'m> Agent<'m> {
             sampling: SamplingParams::greedy(),
             ..Default::default()
         };
-        let c = self
-            .session
-            .complete_tokens(&prompt, &fallback, &mut |t| on_event(AgentEvent::Token(t)))?;
+        let c = self.session.complete_tokens(&prompt, &fallback, &mut |t| {
+            !cancel.is_raised() && on_event(AgentEvent::Token(t))
+        })?;
+        if c.finish_reason == crate::engine::FinishReason::Cancelled {
+            return Err(AgentError::Cancelled);
+        }
         state
             .messages
             .push(ChatMessage::new("assistant", c.text.trim()));

@@ -1,0 +1,312 @@
+//! The embedding API: a [`Runtime`] (model + knowledge shard + Python back-end, loaded once and
+//! shared across threads) and [`AgentSession`]s on it (one conversation each, used by one
+//! thread at a time). The C ABI (`ffi`) is a thin layer over these two types; Rust programs use
+//! them directly.
+//!
+//! ```no_run
+//! use small_agent::embed::{Runtime, RuntimeConfig, SessionConfig};
+//! let runtime = Runtime::load(&RuntimeConfig::default())?;
+//! let mut session = runtime.session(&SessionConfig::default())?;
+//! let run = session.ask("What is 6 times 7?", &mut |_| true)?;
+//! println!("{}", run.answer);
+//! # Ok::<(), small_agent::embed::RuntimeError>(())
+//! ```
+use std::{path::PathBuf, sync::Arc};
+
+use small_agent_sandbox::{CancelFlag, Flavour, Limits, PythonBackend};
+
+use crate::{
+    agent::{agent_toolbox, Agent, AgentConfig, AgentError, AgentEvent, AgentRun, SearchFn},
+    assets::{self, AssetError},
+    engine::{default_threads, EngineError, Model, SessionParams, DEFAULT_CTX_SIZE},
+};
+
+/// Which knowledge shard `web_search` reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ShardChoice {
+    /// The default shard under `$SMALL_AGENT_HOME/shards/` (built by `scripts/setup.sh`).
+    #[default]
+    Default,
+    /// A shard directory built by `small-agent index build`.
+    Path(PathBuf),
+    /// No shard: the agent gets no `web_search` tool.
+    None,
+}
+
+/// What a [`Runtime`] loads.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// GGUF model; `None` is the fetched default model.
+    pub model: Option<PathBuf>,
+    /// Knowledge shard for `web_search`.
+    pub shard: ShardChoice,
+    /// CPU threads of each session's generation; 0 picks the default.
+    pub threads: i32,
+    /// Context size (tokens) of each session, before room for SAG candidates is added.
+    pub context_size: u32,
+    /// Interpreter flavour.
+    pub python: Flavour,
+    /// Sandbox limits (timeout, memory); each session gets its own cancel flag.
+    pub limits: Limits,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            model: None,
+            shard: ShardChoice::Default,
+            threads: 0,
+            context_size: DEFAULT_CTX_SIZE,
+            python: Flavour::Full,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// How one [`AgentSession`] runs the agent.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The agent's settings. `limits.cancel` is replaced by the session's own flag.
+    pub agent: AgentConfig,
+}
+
+impl Default for SessionConfig {
+    /// One greedy candidate per step with the step grammar (the fastest setting).
+    fn default() -> Self {
+        Self {
+            agent: AgentConfig::default(),
+        }
+    }
+}
+
+/// Errors of loading a runtime or running a session.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A setting is out of range; the message says which.
+    #[error("invalid setting: {0}")]
+    InvalidConfig(String),
+    /// An asset is missing or could not be located.
+    #[error(transparent)]
+    Asset(#[from] AssetError),
+    /// The model could not be loaded, or generation failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The knowledge shard could not be opened.
+    #[error(transparent)]
+    Index(#[from] small_agent_index::Error),
+    /// The agent could not start (e.g. the sandbox would not open).
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The session was cancelled before its run could start.
+    #[error("cancelled before the run started")]
+    Cancelled,
+}
+
+struct Loaded {
+    model: Model,
+    search: Option<SearchFn>,
+    python: Arc<dyn PythonBackend>,
+    session: SessionParams,
+    limits: Limits,
+}
+
+/// Model, shard and interpreter, loaded once. Cheap to clone; `Send + Sync`: any number of
+/// threads may open sessions on it at once.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Loaded>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("model", &self.inner.model.path())
+            .field("session", &self.inner.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Loads the model, opens the shard and loads the interpreter.
+    pub fn load(config: &RuntimeConfig) -> Result<Self, RuntimeError> {
+        if config.threads < 0 {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "threads must be 0 (default) or positive, got {}",
+                config.threads
+            )));
+        }
+        if config.context_size < 256 {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "context size must be at least 256 tokens, got {}",
+                config.context_size
+            )));
+        }
+        let search = match &config.shard {
+            ShardChoice::None => None,
+            choice => {
+                let dir = match choice {
+                    ShardChoice::Path(p) => p.clone(),
+                    _ => {
+                        let d = assets::default_shard_dir()?;
+                        if !d.exists() {
+                            return Err(AssetError::NotInstalled {
+                                what: format!("the default knowledge shard {}", d.display()),
+                                fix: "run scripts/setup.sh or `small-agent index build --default`"
+                                    .into(),
+                            }
+                            .into());
+                        }
+                        d
+                    }
+                };
+                let shard = Arc::new(small_agent_index::Shard::open(&dir)?);
+                let search: SearchFn = Arc::new(move |q: &str| {
+                    small_agent_index::agent_search(&*shard, q).map_err(|e| e.to_string())
+                });
+                Some(search)
+            }
+        };
+        let model_path = match &config.model {
+            Some(p) => p.clone(),
+            None => assets::default_model_path()?,
+        };
+        let model = Model::load(&model_path)?;
+        let python = assets::python_backend(config.python)?;
+        let threads = if config.threads == 0 {
+            default_threads()
+        } else {
+            config.threads
+        };
+        Ok(Self {
+            inner: Arc::new(Loaded {
+                model,
+                search,
+                python,
+                session: SessionParams {
+                    n_ctx: config.context_size,
+                    n_threads: threads,
+                    n_threads_batch: threads,
+                    ..SessionParams::default()
+                },
+                limits: config.limits.clone(),
+            }),
+        })
+    }
+
+    /// The loaded model.
+    pub fn model(&self) -> &Model {
+        &self.inner.model
+    }
+
+    /// Opens a session: its own KV cache, Python sessions per question, and cancel flag.
+    pub fn session(&self, config: &SessionConfig) -> Result<AgentSession, RuntimeError> {
+        let mut agent_config = config.agent.clone();
+        if agent_config.sag > 1 && self.inner.python.flavour() == Flavour::Lite {
+            return Err(RuntimeError::InvalidConfig(
+                "SAG above 1 runs each candidate on a fork of the Python state, which the lite \
+                 interpreter cannot make: use the full interpreter, or SAG 1"
+                    .into(),
+            ));
+        }
+        let cancel = CancelFlag::new();
+        agent_config.limits = Limits {
+            cancel: cancel.clone(),
+            ..self.inner.limits.clone()
+        };
+        let mut params = self.inner.session.clone();
+        params.n_ctx = agent_config.context_size(params.n_ctx);
+        let tools = agent_toolbox(self.inner.search.clone())?;
+        let inner = self.inner.clone();
+        // SAFETY: the agent borrows the model inside `inner`, an `Arc` this session holds and
+        // never gives away; `AgentSession`'s fields drop in declaration order, the agent
+        // before the `Arc`, so the borrow never outlives the model.
+        let model: &'static Model = unsafe { &*std::ptr::addr_of!(inner.model) };
+        let agent = Agent::new(model, &params, inner.python.clone(), tools, agent_config)?;
+        Ok(AgentSession {
+            agent,
+            cancel,
+            _runtime: inner,
+        })
+    }
+}
+
+/// One conversation on a [`Runtime`]: its own KV cache and cancel flag. `Send`, not `Sync`:
+/// one thread at a time, any thread.
+pub struct AgentSession {
+    // Declared first: dropped before the runtime it borrows from.
+    agent: Agent<'static>,
+    cancel: CancelFlag,
+    _runtime: Arc<Loaded>,
+}
+
+// SAFETY: llama.cpp contexts and batches have no thread affinity: they may move between
+// threads as long as one thread uses them at a time, which `&mut self` on every use
+// guarantees. The model they point into is `Sync` and outlives them (see `Runtime::session`).
+unsafe impl Send for AgentSession {}
+
+impl std::fmt::Debug for AgentSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentSession")
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentSession {
+    /// A handle that cancels this session's current (or next) `ask` from any thread: the run
+    /// stops at the next generated token or sandbox epoch tick and ends with
+    /// [`crate::agent::RunFailure::Cancelled`].
+    pub fn canceller(&self) -> CancelFlag {
+        self.cancel.clone()
+    }
+
+    /// Answers a question. `on_event` sees tokens and steps; returning `false` cancels. A
+    /// cancel request is consumed by the run it stops (the flag is lowered on return).
+    pub fn ask(
+        &mut self,
+        question: &str,
+        on_event: &mut dyn FnMut(AgentEvent<'_>) -> bool,
+    ) -> Result<AgentRun, RuntimeError> {
+        if self.cancel.is_raised() {
+            self.cancel.lower();
+            return Err(RuntimeError::Cancelled);
+        }
+        let run = self.agent.run(question, on_event);
+        // A cancel that lands while the sandbox opens surfaces as a failed start.
+        let cancelled = self.cancel.is_raised();
+        self.cancel.lower();
+        match run {
+            Err(_) if cancelled => Err(RuntimeError::Cancelled),
+            r => Ok(r?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_and_session_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Runtime>();
+        send::<AgentSession>();
+    }
+
+    #[test]
+    fn bad_settings_are_refused_before_loading() {
+        let e = Runtime::load(&RuntimeConfig {
+            threads: -1,
+            ..RuntimeConfig::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("threads"), "{e}");
+        let e = Runtime::load(&RuntimeConfig {
+            context_size: 8,
+            ..RuntimeConfig::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("context size"), "{e}");
+    }
+}
