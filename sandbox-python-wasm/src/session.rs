@@ -200,8 +200,25 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// Runs a snippet in the session's `__main__`.
+    /// Runs a snippet in the session's `__main__`. While the cancel flag is raised the snippet
+    /// is not started (the interpreter and its state are left as they are).
     pub fn exec(&mut self, code: &str) -> ExecResult {
+        if self.limits.cancel.is_raised() {
+            let msg = "the run was cancelled; the snippet was not started";
+            return ExecResult {
+                reset: false,
+                error: Some(PyError {
+                    kind: ErrorKind::Cancelled,
+                    type_name: "CancelledError".into(),
+                    message: msg.into(),
+                    line: None,
+                    column: None,
+                    text: None,
+                    traceback: format!("CancelledError: {msg}"),
+                }),
+                ..failed_exec(SandboxError::InvalidConfig(String::new()), Instant::now())
+            };
+        }
         self.interp.exec(code, &self.limits)
     }
 

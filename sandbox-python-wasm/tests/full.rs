@@ -353,3 +353,39 @@ fn hostile_snippets_are_contained() {
     let n = hostile::run_suite(backend.as_ref());
     assert!(n >= 30, "only {n} hostile snippets");
 }
+
+#[test]
+fn cancel_flag_stops_a_running_exec_and_forks_share_it() {
+    let limits = Limits::default();
+    let cancel = limits.cancel.clone();
+    let mut s = common::full()
+        .open(SessionOptions {
+            limits,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(s.exec("x = 41").ok());
+    let mut fork = s.fork().unwrap();
+    let raiser = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            cancel.raise();
+        })
+    };
+    let t = std::time::Instant::now();
+    let r = fork.exec("while True:\n    pass");
+    raiser.join().unwrap();
+    assert_eq!(r.error.expect("not stopped").kind, ErrorKind::Cancelled);
+    assert!(t.elapsed() < DEFAULT_TIMEOUT, "stopped by the timeout");
+    // Still raised: the parent's next exec is refused up front, its interpreter untouched.
+    let r = s.exec("x");
+    assert_eq!(r.error.unwrap().kind, ErrorKind::Cancelled);
+    assert!(!r.reset);
+    cancel.lower();
+    // The parent's interpreter was never broken: its state is intact.
+    assert_eq!(s.exec("x + 1").value.as_deref(), Some("42"));
+    // The fork was stopped mid-turn: it starts afresh (state gone), and says so.
+    let r = fork.exec("1 + 1");
+    assert_eq!(r.value.as_deref(), Some("2"), "{r:?}");
+}

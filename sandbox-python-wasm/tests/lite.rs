@@ -135,3 +135,34 @@ fn sympy_from_read_only_wheels() {
         Some("True")
     );
 }
+
+#[test]
+fn cancel_flag_stops_a_running_exec_and_the_session_recovers() {
+    let limits = Limits::default();
+    let cancel = limits.cancel.clone();
+    let mut s = common::lite()
+        .open(SessionOptions {
+            limits,
+            ..Default::default()
+        })
+        .unwrap();
+    let raiser = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.raise();
+        })
+    };
+    let t = std::time::Instant::now();
+    let r = s.exec("while True:\n    pass");
+    raiser.join().unwrap();
+    let e = r.error.expect("the loop was not stopped");
+    assert_eq!(e.kind, ErrorKind::Cancelled, "{e:?}");
+    assert!(t.elapsed() < DEFAULT_TIMEOUT, "stopped by the timeout");
+    // Still raised: the next exec is refused up front, without a restart.
+    let r = s.exec("1");
+    assert_eq!(r.error.unwrap().kind, ErrorKind::Cancelled);
+    assert!(!r.reset);
+    cancel.lower();
+    assert_eq!(s.exec("6 * 7").value.as_deref(), Some("42"));
+}
