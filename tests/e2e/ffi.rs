@@ -483,3 +483,55 @@ fn c_stress_under_address_sanitizer() {
     );
     assert!(stdout.contains("stress: ok"), "{stdout}");
 }
+
+#[test]
+fn a_second_concurrent_ask_on_one_session_is_busy() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static GENERATING: AtomicBool = AtomicBool::new(false);
+    unsafe extern "C" fn mark(
+        _kind: sa_event_kind,
+        _text: *const c_char,
+        _len: usize,
+        _user: *mut std::ffi::c_void,
+    ) {
+        GENERATING.store(true, Ordering::SeqCst);
+    }
+    unsafe {
+        let session = new_session(shared_runtime());
+        let addr = session as usize;
+        let intruder = std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            while !GENERATING.load(Ordering::SeqCst) && t.elapsed().as_secs() < 120 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let q = CString::new("Another question?").unwrap();
+            let mut answer: *mut c_char = sentinel();
+            let st = sa_ask(
+                addr as *const sa_session,
+                q.as_ptr(),
+                &mut answer,
+                ptr::null_mut(),
+            );
+            let message = last_error();
+            sa_cancel(addr as *const sa_session);
+            (st, answer as usize, message)
+        });
+        let q = CString::new("Who discovered penicillin?").unwrap();
+        let mut answer: *mut c_char = sentinel();
+        let st = sa_ask_stream(
+            session,
+            q.as_ptr(),
+            Some(mark),
+            ptr::null_mut(),
+            &mut answer,
+            ptr::null_mut(),
+        );
+        let (busy, untouched, message) = intruder.join().unwrap();
+        assert_eq!(busy, sa_status::SA_BUSY, "{message}");
+        assert!(message.contains("one session per thread"), "{message}");
+        assert_eq!(untouched, sentinel::<c_char>() as usize);
+        // The intruder cancelled the first ask after being turned away.
+        assert_eq!(st, sa_status::SA_CANCELLED, "{}", last_error());
+        sa_session_free(session);
+    }
+}
