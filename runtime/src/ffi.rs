@@ -572,11 +572,21 @@ pub unsafe extern "C" fn sa_ask_stream(
             Ok(q) => q,
             Err(s) => return s,
         };
-        let Ok(mut agent) = (*session).session.try_lock() else {
-            return fail(
-                sa_status::SA_BUSY,
-                "the session is running an ask on another thread: use one session per thread",
-            );
+        let mut agent = match (*session).session.try_lock() {
+            Ok(agent) => agent,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return fail(
+                    sa_status::SA_BUSY,
+                    "the session is running an ask on another thread: use one session per \
+                     thread",
+                )
+            }
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                return fail(
+                    sa_status::SA_PANIC,
+                    "an earlier call panicked inside this session: free it and open a new one",
+                )
+            }
         };
         let emit = |kind: sa_event_kind, text: &str| {
             if let Some(cb) = callback {
