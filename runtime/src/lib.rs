@@ -9,6 +9,7 @@ pub mod assets;
 pub mod bench;
 pub mod embed;
 pub mod engine;
+pub mod evaluate;
 pub mod ffi;
 
 pub use engine::{

@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod engine;
+mod eval;
 mod ffi;
 
 use std::path::PathBuf;

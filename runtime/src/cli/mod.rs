@@ -3,6 +3,7 @@
 mod ask;
 mod bench;
 mod bench_agent;
+mod eval;
 mod generate;
 mod index;
 mod models;
@@ -47,6 +48,9 @@ enum Command {
     /// Benchmarks against named baselines measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Evaluate a mode (agent, CoT, CoT-RAG) on question files with offline scoring; `eval
+    /// report DIR...` compares runs.
+    Eval(Box<eval::EvalArgs>),
 }
 
 /// Runs a parsed command line.
@@ -58,6 +62,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Index(c) => index::run(c),
         Command::Models(c) => models::run(c),
         Command::Bench(c) => bench::run(c),
+        Command::Eval(a) => eval::run(*a),
     }
 }
 
