@@ -321,6 +321,8 @@ pub fn load(path: &Path) -> Result<Dataset, DatasetError> {
         Ok(Value::Array(a)) => a,
         Ok(Value::Object(o)) => match o.get("examples") {
             Some(Value::Array(a)) => a.clone(),
+            // A JSONL file with a single record parses as one object.
+            _ if detect_layout(&Value::Object(o.clone())).is_some() => vec![Value::Object(o)],
             _ => {
                 return Err(layout_err(
                     "a JSON object without an `examples` list: this is not a question file \

@@ -30,6 +30,8 @@ pub const TRAJECTORIES_FILE: &str = "trajectories.jsonl";
 pub const RESULTS_FILE: &str = "results.json";
 /// Summary as a Markdown table.
 pub const RESULTS_MD_FILE: &str = "results.md";
+/// Held locked (advisory `flock`) while a process writes the directory.
+pub const LOCK_FILE: &str = ".lock";
 
 /// Settings keys that may differ between an interrupted run and its resumption: the
 /// question limit (a resumed run may go further), the code version (a rebuilt binary is
@@ -218,6 +220,9 @@ pub enum RunDirError {
         /// What is wrong.
         reason: String,
     },
+    /// Another process is writing the directory.
+    #[error("{0} is being written by another evaluation (its lock is held)")]
+    Busy(PathBuf),
     /// Not a run directory (for `report`).
     #[error("{0} is not an evaluation run directory (no results.json)")]
     NotARun(PathBuf),
@@ -250,6 +255,8 @@ pub struct RunDir {
     dir: PathBuf,
     settings: Value,
     jsonl: File,
+    /// Locked for the life of the value; the OS releases it when the process dies.
+    _lock: File,
 }
 
 /// The keys (of two settings objects) whose values differ, ignoring [`RESUMABLE_KEYS`].
@@ -289,6 +296,20 @@ impl RunDir {
         resume: bool,
     ) -> Result<(RunDir, Vec<QuestionRecord>), RunDirError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(RunDirError::Busy(dir.to_path_buf()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
         let settings_path = dir.join(SETTINGS_FILE);
         let jsonl_path = dir.join(TRAJECTORIES_FILE);
         let has_run = settings_path.exists() || jsonl_path.exists();
@@ -338,6 +359,7 @@ impl RunDir {
                 dir: dir.to_path_buf(),
                 settings: settings.clone(),
                 jsonl,
+                _lock: lock,
             },
             done,
         ))
@@ -660,6 +682,11 @@ mod tests {
         ));
         let more = serde_json::json!({"mode": "cot", "limit": 5});
         let (mut run, done) = RunDir::open(dir.path(), &more, true).unwrap();
+        // A second writer is refused while the first holds the directory.
+        assert!(matches!(
+            RunDir::open(dir.path(), &more, true),
+            Err(RunDirError::Busy(_))
+        ));
         assert_eq!(done.len(), 1);
         run.append(&rec("d", "2", false)).unwrap();
         let all = read_records(&p, false).unwrap();

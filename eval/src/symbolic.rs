@@ -6,6 +6,8 @@ use std::{sync::Mutex, time::Duration};
 
 use small_agent_sandbox::{Limits, PythonBackend, Session, SessionOptions};
 
+/// Wall-clock limit of importing sympy into a new session.
+pub const WARMUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default wall-clock limit of one symbolic check.
 pub const DEFAULT_SYMBOLIC_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,16 +70,31 @@ impl SandboxSympy {
         }
     }
 
+    /// A session with sympy imported and the check defined. The import runs under
+    /// [`WARMUP_TIMEOUT`] (it takes seconds on a busy machine), the checks under `timeout`.
     fn open(&self) -> Result<Session, String> {
-        self.backend
+        let limits = Limits {
+            timeout: WARMUP_TIMEOUT.max(self.timeout),
+            ..Limits::default()
+        };
+        let mut session = self
+            .backend
             .open(SessionOptions {
-                limits: Limits {
-                    timeout: self.timeout,
-                    ..Limits::default()
-                },
+                limits: limits.clone(),
                 ..Default::default()
             })
-            .map_err(|e| format!("sandbox: {e}"))
+            .map_err(|e| format!("sandbox: {e}"))?;
+        let r = session.exec(CHECK_PY);
+        if let Some(e) = r.error {
+            return Err(format!("loading sympy: {}: {}", e.type_name, e.message));
+        }
+        session
+            .set_limits(Limits {
+                timeout: self.timeout,
+                ..limits
+            })
+            .map_err(|e| format!("sandbox: {e}"))?;
+        Ok(session)
     }
 }
 
@@ -96,14 +113,17 @@ impl SymbolicChecker for SandboxSympy {
         let session = guard.as_mut().expect("opened above");
         // The inputs go in as JSON string literals, which are valid Python literals.
         let code = format!(
-            "{CHECK_PY}\n_sa_equiv({}, {})",
+            "_sa_equiv({}, {})",
             serde_json::to_string(a).unwrap_or_default(),
             serde_json::to_string(b).unwrap_or_default()
         );
         let r = session.exec(&code);
         if let Some(e) = &r.error {
             if r.reset {
+                // A timeout or trap replaced the interpreter: sympy is gone with it, so the
+                // next check opens (and warms up) a new session.
                 tracing::debug!("symbolic check reset the interpreter: {}", e.message);
+                *guard = None;
             }
             return SymbolicVerdict::Undecided(format!("{}: {}", e.type_name, e.message));
         }

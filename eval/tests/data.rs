@@ -142,6 +142,9 @@ fn generic_jsonl_with_numbers_lists_and_kinds() {
     assert_eq!(d.items[0].kind, Kind::Math);
     assert_eq!(d.items[1].answers, ["Paris", "City of Paris"]);
     assert_eq!(d.items[1].kind, Kind::Factual);
+    // A single record is a JSONL file too (it also parses as one JSON object).
+    std::fs::write(&p, "{\"id\": 1, \"question\": \"q\", \"answer\": \"a\"}\n").unwrap();
+    assert_eq!(dataset::load(&p).unwrap().items.len(), 1);
     std::fs::write(&p, "{\"id\": 1, \"question\": \"q\", \"answer\": \"a\"}\n{\"id\": 1, \"question\": \"q\", \"answer\": \"b\"}\n").unwrap();
     assert!(dataset::load(&p)
         .unwrap_err()
