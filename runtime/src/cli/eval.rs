@@ -229,10 +229,11 @@ enum ShardPlan {
     PerDataset(Vec<(Arc<Shard>, Value)>),
 }
 
-fn shard_info(shard: &Shard, origin: &str) -> Value {
+fn shard_info(shard: &Shard, origin: &str, path: Option<&Path>) -> Value {
     let m = shard.meta();
     json!({
         "origin": origin,
+        "path": path,
         "source": m.source,
         "format": m.format,
         "documents": m.documents,
@@ -353,7 +354,7 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
                             &Default::default(),
                         )
                     })?;
-                    let info = shard_info(&shard, "own paragraphs");
+                    let info = shard_info(&shard, "own paragraphs", None);
                     v.push((Arc::new(shard), info));
                 }
                 ShardPlan::PerDataset(v)
@@ -367,12 +368,16 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
                 let shard = build_temp_shard(tmp.path(), "corpus", |out| {
                     small_agent_index::build_shard(&path, format, out, &Default::default())
                 })?;
-                let info = shard_info(&shard, "corpus file");
+                let info = shard_info(&shard, "corpus file", Some(&path));
                 ShardPlan::Shared(Arc::new(shard), info)
             }
             None => {
                 let shard = a.shard.open()?;
-                let info = shard_info(&shard, "index");
+                let dir = match &a.shard.index {
+                    Some(d) => d.clone(),
+                    None => super::default_shard_dir()?,
+                };
+                let info = shard_info(&shard, "index", Some(&dir));
                 ShardPlan::Shared(Arc::new(shard), info)
             }
         }
