@@ -547,6 +547,21 @@ pub fn run_label(dir: &Path, r: &ResultsFile) -> String {
 /// accuracy (%) per dataset, and the average over the datasets the run has; then a detail
 /// table (EM, F1, parse errors, steps, search calls, seconds) per run and dataset.
 pub fn side_by_side(runs: &[(String, ResultsFile)]) -> String {
+    // Runs with the same label and different datasets (e.g. CoT on HotpotQA and CoT on
+    // GSM-Hard, run separately) share one row.
+    let mut merged: Vec<(String, ResultsFile)> = Vec::new();
+    for (label, r) in runs {
+        match merged
+            .iter_mut()
+            .find(|(l, m)| l == label && r.datasets.keys().all(|k| !m.datasets.contains_key(k)))
+        {
+            Some((_, m)) => m
+                .datasets
+                .extend(r.datasets.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            None => merged.push((label.clone(), r.clone())),
+        }
+    }
+    let runs = &merged[..];
     let mut names: Vec<String> = Vec::new();
     for n in PAPER_ORDER {
         if runs.iter().any(|(_, r)| r.datasets.contains_key(*n)) {
@@ -591,7 +606,7 @@ pub fn side_by_side(runs: &[(String, ResultsFile)]) -> String {
             s.push_str(" – |\n");
         }
     }
-    s.push_str("\nDetails\n\n| run | dataset | n | accuracy % | EM % | F1 % | parse errors % | mean steps | mean search calls | s / question | wall time s |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("\nDetails\n\n| run | dataset | n | accuracy % | EM % | F1 % | parse errors % | mean steps | mean search calls | s / question | total question time s |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (label, r) in runs {
         for n in &names {
             if let Some(d) = r.datasets.get(n) {
@@ -704,8 +719,19 @@ mod tests {
         };
         let t = markdown_table(&r);
         assert!(t.contains("| gsm-hard | 1 | 100.0 |"), "{t}");
-        let s = side_by_side(&[("cot".into(), r.clone()), ("agent".into(), r)]);
+        let s = side_by_side(&[("cot".into(), r.clone()), ("agent".into(), r.clone())]);
         assert!(s.contains("| run | hotpotqa | gsm-hard | avg |"), "{s}");
         assert!(s.contains("| cot | 0.0 | 100.0 | 50.0 |"), "{s}");
+        // Same label, different datasets: one row.
+        let one = |name: &str, ok: bool| ResultsFile {
+            datasets: summarize(&[rec(name, "1", ok)]),
+            settings: serde_json::json!({"label": "cot"}),
+        };
+        let s = side_by_side(&[
+            ("cot".into(), one("hotpotqa", false)),
+            ("cot".into(), one("gsm-hard", true)),
+        ]);
+        assert!(s.contains("| cot | 0.0 | 100.0 | 50.0 |"), "{s}");
+        assert!(!s.contains("| cot | – |"), "{s}");
     }
 }
