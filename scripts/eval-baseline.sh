@@ -3,7 +3,8 @@
 # default model on the first 30 HippoRAG HotpotQA questions (searching their own
 # paragraphs) and the first 30 GSM-Hard questions, then the side-by-side report.
 # Usage: scripts/eval-baseline.sh [OUT_DIR] (default: eval-results/baseline); extra
-# arguments after OUT_DIR go to every run (e.g. --threads 2). Re-running resumes.
+# arguments after OUT_DIR go to every run (e.g. --threads 1, which holds up far better than
+# two threads when the cores are shared with other jobs). Re-running resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-eval-results/baseline}
