@@ -6,44 +6,25 @@ use anyhow::Result;
 use clap::Args;
 use small_agent::agent::{
     agent_toolbox, trajectory_record, Agent, AgentConfig, AgentEvent, AgentRun, PromptTemplate,
-    SearchFn, StepRecord, DEFAULT_MAX_STEPS, DEFAULT_SAG,
+    SearchFn, StepRecord, DEFAULT_SAG,
 };
 use small_agent_sandbox::Flavour;
 
-use super::{read_text_arg, ContextArgs, ModelArgs, SandboxArgs, ShardArgs};
+use super::{read_text_arg, AgentArgs, ContextArgs, ModelArgs, SandboxArgs, ShardArgs};
 
 /// Arguments of `ask`.
 #[derive(Debug, Args)]
 pub struct AskArgs {
     /// The question (`-` reads it from standard input)
     pub question: String,
-    /// Steps before the agent is asked for an answer from what it has
-    #[arg(long, default_value_t = DEFAULT_MAX_STEPS, value_name = "N")]
-    pub max_steps: usize,
-    /// Candidates per step (self-consistent action generation; 1 = plain sampling)
-    #[arg(long, default_value_t = DEFAULT_SAG, value_name = "N")]
-    pub sag: usize,
+    #[command(flatten)]
+    pub agent: AgentArgs,
     /// Argmax decoding, one candidate per step (overrides --sag)
     #[arg(long)]
     pub greedy: bool,
-    /// Constrain replies to the Thought/Code format with the step grammar (the default)
-    #[arg(long, overrides_with = "no_grammar")]
-    pub grammar: bool,
-    /// Let the model write freely (no step grammar)
-    #[arg(long, overrides_with = "grammar")]
-    pub no_grammar: bool,
-    /// Sampling temperature of the step replies [default: 0.4 with --sag > 1, else greedy]
-    #[arg(long, value_name = "T")]
-    pub temperature: Option<f32>,
-    /// Random seed of the sampling (candidate i uses seed + i)
-    #[arg(long, default_value_t = small_agent::engine::DEFAULT_SEED, value_name = "S")]
-    pub seed: u32,
     /// Start the first reply with the first paragraph of a plain chain-of-thought answer
     #[arg(long)]
     pub first_thought: bool,
-    /// Prompt template (TOML, see models/prompts/agent-default.toml)
-    #[arg(long, value_name = "FILE")]
-    pub prompt: Option<PathBuf>,
     /// Append the run to FILE as one JSONL line (question, generated_answer,
     /// log_data.messages), the layout of the paper's released trajectories
     #[arg(long, value_name = "FILE")]
@@ -64,21 +45,21 @@ pub struct AskArgs {
 pub fn run(args: AskArgs) -> Result<ExitCode> {
     let question = read_text_arg(&args.question)?;
     let mut config = AgentConfig {
-        max_steps: args.max_steps.max(1),
-        grammar: (!args.no_grammar).then(|| small_agent::agent::STEP_GRAMMAR.to_owned()),
+        max_steps: args.agent.max_steps.max(1),
+        grammar: args.agent.step_grammar(),
         limits: args.sandbox.limits(),
         ..AgentConfig::default()
     };
-    if let Some(p) = &args.prompt {
+    if let Some(p) = &args.agent.prompt {
         config.template = PromptTemplate::from_file(p)?;
     }
     if !args.greedy {
-        config = config.with_sag(args.sag);
+        config = config.with_sag(args.agent.sag_or(DEFAULT_SAG));
     }
-    if let Some(t) = args.temperature {
+    if let Some(t) = args.agent.temperature {
         config.sampling.temperature = t;
     }
-    config.sampling.seed = args.seed;
+    config.sampling.seed = args.agent.seed;
     config.first_thought = args.first_thought;
     let flavour = args.sandbox.flavour()?;
     if config.sag > 1 && flavour == Flavour::Lite {

@@ -14,7 +14,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use small_agent::{
-    agent::{agent_toolbox, Agent, AgentConfig, PromptTemplate, SearchFn, DEFAULT_MAX_STEPS},
+    agent::{agent_toolbox, Agent, AgentConfig, PromptTemplate, SearchFn},
     evaluate::{self, AgentAnswerer, Answerer, CotAnswerer, Judge, Mode},
     Model, SamplingParams,
 };
@@ -28,7 +28,10 @@ use small_agent_eval::{
 use small_agent_index::{Format, Shard};
 use small_agent_sandbox::Flavour;
 
-use super::{ContextArgs, ModelArgs, SandboxArgs, ShardArgs, UsageError};
+use super::{AgentArgs, ContextArgs, ModelArgs, SandboxArgs, ShardArgs, UsageError};
+
+/// Candidates per step in agent mode unless `--sag` says otherwise (the cheapest setting).
+pub const EVAL_DEFAULT_SAG: usize = 1;
 
 /// Exit code of a run stopped by Ctrl-C (128 + SIGINT).
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -108,33 +111,15 @@ pub struct EvalRunArgs {
     /// Answering system
     #[arg(long, value_enum, default_value_t = ModeArg::Agent)]
     pub mode: ModeArg,
-    /// Agent: candidates per step (self-consistent action generation; 1 = plain decoding)
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub sag: usize,
-    /// Agent: constrain replies with the step grammar (the default)
-    #[arg(long, overrides_with = "no_grammar")]
-    pub grammar: bool,
-    /// Agent: let the model write freely (no step grammar)
-    #[arg(long, overrides_with = "grammar")]
-    pub no_grammar: bool,
-    /// Agent: steps before the agent is asked for an answer from what it has
-    #[arg(long, default_value_t = DEFAULT_MAX_STEPS, value_name = "N")]
-    pub max_steps: usize,
-    /// Agent: prompt template (TOML, see models/prompts/agent-default.toml)
-    #[arg(long, value_name = "FILE")]
-    pub prompt: Option<PathBuf>,
+    /// Agent mode's settings (CoT modes use --temperature and --seed)
+    #[command(flatten)]
+    pub agent: AgentArgs,
     /// CoT / CoT-RAG: prompts (TOML, see models/prompts/eval-cot.toml)
     #[arg(long, value_name = "FILE")]
     pub cot_prompt: Option<PathBuf>,
     /// CoT / CoT-RAG: token cap of the reply
     #[arg(long, default_value_t = evaluate::DEFAULT_COT_TOKENS, value_name = "N")]
     pub max_tokens: u32,
-    /// Sampling temperature [default: greedy; 0.4 with --sag above 1]
-    #[arg(long, value_name = "T")]
-    pub temperature: Option<f32>,
-    /// Random seed of the sampling (candidate i uses seed + i)
-    #[arg(long, default_value_t = small_agent::engine::DEFAULT_SEED, value_name = "S")]
-    pub seed: u32,
     /// Also ask a local judge model whether each factual answer matches the gold answer; its
     /// verdict then decides factual accuracy, and its agreement with EM is reported
     #[arg(long, value_name = "MODEL.gguf")]
@@ -261,19 +246,26 @@ fn build_temp_shard(
     Ok(shard)
 }
 
+impl EvalRunArgs {
+    /// Candidates per step of agent mode.
+    fn sag(&self) -> usize {
+        self.agent.sag_or(EVAL_DEFAULT_SAG)
+    }
+}
+
 fn label(a: &EvalRunArgs, mode: Mode) -> String {
     match mode {
         Mode::Cot => "CoT".into(),
         Mode::CotRag => "CoT-RAG".into(),
         Mode::Agent => format!(
             "agent ({}, {})",
-            if a.no_grammar {
+            if a.agent.no_grammar {
                 "no grammar"
             } else {
                 "grammar"
             },
-            if a.sag > 1 {
-                format!("SAG N={}", a.sag)
+            if a.sag() > 1 {
+                format!("SAG N={}", a.sag())
             } else {
                 "N=1".into()
             }
@@ -308,11 +300,11 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
         }
         datasets.push(d);
     }
-    if a.sag == 0 {
+    if a.sag() == 0 {
         return Err(UsageError("--sag must be at least 1".into()).into());
     }
     let flavour = a.sandbox.flavour()?;
-    if mode == Mode::Agent && a.sag > 1 && flavour == Flavour::Lite {
+    if mode == Mode::Agent && a.sag() > 1 && flavour == Flavour::Lite {
         return Err(UsageError(
             "--sag above 1 runs each candidate on a fork of the Python state, which the lite \
              interpreter cannot make: use --python full, or --sag 1"
@@ -410,7 +402,7 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
     };
 
     // Prompts and sampling.
-    let (agent_template, agent_template_text, agent_template_name) = match &a.prompt {
+    let (agent_template, agent_template_text, agent_template_name) = match &a.agent.prompt {
         Some(p) => (
             PromptTemplate::from_file(p)?,
             super::read_file_arg(p, "prompt template")?,
@@ -455,21 +447,21 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
         ),
     };
     let mut agent_config = AgentConfig {
-        max_steps: a.max_steps.max(1),
-        grammar: (!a.no_grammar).then(|| small_agent::agent::STEP_GRAMMAR.to_owned()),
+        max_steps: a.agent.max_steps.max(1),
+        grammar: (!a.agent.no_grammar).then(|| small_agent::agent::STEP_GRAMMAR.to_owned()),
         limits: a.sandbox.limits(),
         template: agent_template,
         ..AgentConfig::default()
     }
-    .with_sag(a.sag);
+    .with_sag(a.sag());
     let mut sampling = match mode {
         Mode::Agent => agent_config.sampling.clone(),
         _ => SamplingParams::greedy(),
     };
-    if let Some(t) = a.temperature {
+    if let Some(t) = a.agent.temperature {
         sampling.temperature = t;
     }
-    sampling.seed = a.seed;
+    sampling.seed = a.agent.seed;
     agent_config.sampling = sampling.clone();
 
     let model_path = a.model.path()?;
@@ -507,10 +499,10 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
             _ => json!({"name": cot_name, "text": cot_text}),
         },
         "sampling": sampling,
-        "seed": a.seed,
-        "sag": if mode == Mode::Agent { a.sag } else { 1 },
-        "grammar": mode == Mode::Agent && !a.no_grammar,
-        "max_steps": if mode == Mode::Agent { a.max_steps } else { 1 },
+        "seed": a.agent.seed,
+        "sag": if mode == Mode::Agent { a.sag() } else { 1 },
+        "grammar": mode == Mode::Agent && !a.agent.no_grammar,
+        "max_steps": if mode == Mode::Agent { a.agent.max_steps } else { 1 },
         "max_tokens": if mode == Mode::Agent { agent_config.step_tokens } else { a.max_tokens },
         "ctx_size": a.context.ctx_size,
         "python": if mode == Mode::Agent { Some(flavour.as_str()) } else { None },
@@ -532,10 +524,10 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
         let names: Vec<&str> = datasets.iter().map(|d| d.name.as_str()).collect();
         let mut tag = mode.as_str().to_owned();
         if mode == Mode::Agent {
-            if a.sag > 1 {
-                tag.push_str(&format!("-sag{}", a.sag));
+            if a.sag() > 1 {
+                tag.push_str(&format!("-sag{}", a.sag()));
             }
-            if a.no_grammar {
+            if a.agent.no_grammar {
                 tag.push_str("-nogrammar");
             }
         }

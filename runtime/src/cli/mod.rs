@@ -223,6 +223,45 @@ impl SamplingArgs {
 }
 
 /// Which knowledge shard to search.
+/// How the agent runs its steps; shared by `ask` and `eval` (one definition of each flag).
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Steps before the agent is asked for an answer from what it has
+    #[arg(long, default_value_t = small_agent::agent::DEFAULT_MAX_STEPS, value_name = "N")]
+    pub max_steps: usize,
+    /// Candidates per step (self-consistent action generation; 1 = plain decoding)
+    /// [default: 8 for `ask`, 1 for `eval`]
+    #[arg(long, value_name = "N")]
+    pub sag: Option<usize>,
+    /// Constrain replies to the Thought/Code format with the step grammar (the default)
+    #[arg(long, overrides_with = "no_grammar")]
+    pub grammar: bool,
+    /// Let the model write freely (no step grammar)
+    #[arg(long, overrides_with = "grammar")]
+    pub no_grammar: bool,
+    /// Sampling temperature of the replies [default: greedy; 0.4 with --sag above 1]
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    /// Random seed of the sampling (candidate i uses seed + i)
+    #[arg(long, default_value_t = engine::DEFAULT_SEED, value_name = "S")]
+    pub seed: u32,
+    /// Agent prompt template (TOML, see models/prompts/agent-default.toml)
+    #[arg(long, value_name = "FILE")]
+    pub prompt: Option<PathBuf>,
+}
+
+impl AgentArgs {
+    /// Candidates per step, with the command's own default.
+    pub fn sag_or(&self, default: usize) -> usize {
+        self.sag.unwrap_or(default)
+    }
+
+    /// The step grammar, unless `--no-grammar`.
+    pub fn step_grammar(&self) -> Option<String> {
+        (!self.no_grammar).then(|| small_agent::agent::STEP_GRAMMAR.to_owned())
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ShardArgs {
     /// Knowledge shard directory [default: the default shard built by scripts/setup.sh]
