@@ -130,7 +130,7 @@ fn u32_field(m: &serde_json::Map<String, Value>, k: &str) -> Option<u32> {
         .and_then(|v| u32::try_from(v).ok())
 }
 
-fn sandbox_error(kind: ErrorKind, type_name: &str, message: String) -> PyError {
+pub(crate) fn sandbox_error(kind: ErrorKind, type_name: &str, message: String) -> PyError {
     PyError {
         kind,
         type_name: type_name.into(),
@@ -139,6 +139,20 @@ fn sandbox_error(kind: ErrorKind, type_name: &str, message: String) -> PyError {
         line: None,
         column: None,
         text: None,
+    }
+}
+
+/// The result of an exec that never reached the guest's report: only an error.
+pub(crate) fn error_only(error: PyError, reset: bool, duration: Duration) -> ExecResult {
+    ExecResult {
+        output: String::new(),
+        output_truncated: false,
+        value: None,
+        error: Some(error),
+        final_answer: None,
+        reset,
+        tool_calls: 0,
+        duration,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Sessions and the back-end seam.
 
-use crate::result::{ErrorKind, ExecResult, PyError};
+use crate::result::{ErrorKind, ExecResult};
 use crate::tools::Toolbox;
 use crate::{Limits, Result, SandboxError};
 use std::path::{Path, PathBuf};
@@ -204,20 +204,12 @@ impl Session {
     /// is not started (the interpreter and its state are left as they are).
     pub fn exec(&mut self, code: &str) -> ExecResult {
         if self.limits.cancel.is_raised() {
-            let msg = "the run was cancelled; the snippet was not started";
-            return ExecResult {
-                reset: false,
-                error: Some(PyError {
-                    kind: ErrorKind::Cancelled,
-                    type_name: "CancelledError".into(),
-                    message: msg.into(),
-                    line: None,
-                    column: None,
-                    text: None,
-                    traceback: format!("CancelledError: {msg}"),
-                }),
-                ..failed_exec(SandboxError::InvalidConfig(String::new()), Instant::now())
-            };
+            let error = crate::result::sandbox_error(
+                ErrorKind::Cancelled,
+                "CancelledError",
+                "the run was cancelled; the snippet was not started".into(),
+            );
+            return crate::result::error_only(error, false, Duration::ZERO);
         }
         self.interp.exec(code, &self.limits)
     }
@@ -307,22 +299,7 @@ pub(crate) fn step_source(code: &str) -> String {
 }
 
 pub(crate) fn failed_exec(e: SandboxError, started: Instant) -> ExecResult {
-    ExecResult {
-        output: String::new(),
-        output_truncated: false,
-        value: None,
-        error: Some(PyError {
-            kind: ErrorKind::Sandbox,
-            type_name: "SandboxError".into(),
-            message: e.to_string(),
-            line: None,
-            column: None,
-            text: None,
-            traceback: e.to_string(),
-        }),
-        final_answer: None,
-        reset: true,
-        tool_calls: 0,
-        duration: started.elapsed(),
-    }
+    let mut error = crate::result::sandbox_error(ErrorKind::Sandbox, "SandboxError", e.to_string());
+    error.traceback = e.to_string();
+    crate::result::error_only(error, true, started.elapsed())
 }
