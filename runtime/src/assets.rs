@@ -44,6 +44,20 @@ pub fn default_shard_dir() -> Result<PathBuf, AssetError> {
     Ok(Store::from_env()?.home().join("shards").join(DEFAULT_SHARD))
 }
 
+/// Directory of the default knowledge shard, once it is built.
+pub fn built_default_shard_dir() -> Result<PathBuf, AssetError> {
+    let d = default_shard_dir()?;
+    if !d.exists() {
+        return Err(AssetError::NotInstalled {
+            what: format!("the default knowledge shard {}", d.display()),
+            fix: "run scripts/setup.sh or `small-agent index build --default`, or name another \
+                  shard directory (--index DIR; shard_path in the C ABI)"
+                .into(),
+        });
+    }
+    Ok(d)
+}
+
 /// Loads an interpreter back-end from the verified assets; the compiled module is cached
 /// under `$SMALL_AGENT_HOME/cache/wasm` (the first load of the full flavour compiles it,
 /// ~80 s; later loads deserialize it in milliseconds).

@@ -146,18 +146,7 @@ impl Runtime {
             choice => {
                 let dir = match choice {
                     ShardChoice::Path(p) => p.clone(),
-                    _ => {
-                        let d = assets::default_shard_dir()?;
-                        if !d.exists() {
-                            return Err(AssetError::NotInstalled {
-                                what: format!("the default knowledge shard {}", d.display()),
-                                fix: "run scripts/setup.sh or `small-agent index build --default`"
-                                    .into(),
-                            }
-                            .into());
-                        }
-                        d
-                    }
+                    _ => assets::built_default_shard_dir()?,
                 };
                 let shard = Arc::new(small_agent_index::Shard::open(&dir)?);
                 let search: SearchFn = Arc::new(move |q: &str| {
@@ -201,13 +190,6 @@ impl Runtime {
     /// Opens a session: its own KV cache, Python sessions per question, and cancel flag.
     pub fn session(&self, config: &SessionConfig) -> Result<AgentSession, RuntimeError> {
         let mut agent_config = config.agent.clone();
-        if agent_config.sag > 1 && self.inner.python.flavour() == Flavour::Lite {
-            return Err(RuntimeError::InvalidConfig(
-                "SAG above 1 runs each candidate on a fork of the Python state, which the lite \
-                 interpreter cannot make: use the full interpreter, or SAG 1"
-                    .into(),
-            ));
-        }
         let cancel = CancelFlag::new();
         agent_config.limits = Limits {
             cancel: cancel.clone(),

@@ -51,6 +51,13 @@ pub enum AgentError {
     /// The run was cancelled by the caller.
     #[error("cancelled")]
     Cancelled,
+    /// SAG above 1 was asked of an interpreter that cannot fork.
+    #[error(
+        "SAG above 1 runs each candidate on a fork of the Python state, which the lite \
+         interpreter cannot make: use the full interpreter (--python full), or one candidate \
+         (--sag 1)"
+    )]
+    NeedsForks,
 }
 
 /// How the agent runs.
@@ -199,7 +206,8 @@ impl RunFailure {
             AgentError::Cancelled => RunFailure::Cancelled,
             AgentError::Engine(EngineError::ContextOverflow { .. }) => RunFailure::ContextOverflow,
             AgentError::Engine(_) => RunFailure::Engine,
-            AgentError::Sandbox(_) => RunFailure::Sandbox,
+            // NeedsForks is refused by `Agent::new`, before any run.
+            AgentError::Sandbox(_) | AgentError::NeedsForks => RunFailure::Sandbox,
         }
     }
 }
@@ -283,6 +291,9 @@ impl<'m> Agent<'m> {
         tools: Toolbox,
         config: AgentConfig,
     ) -> Result<Self, AgentError> {
+        if config.sag > 1 && python.flavour() == small_agent_sandbox::Flavour::Lite {
+            return Err(AgentError::NeedsForks);
+        }
         let params = SessionParams {
             n_seq_max: config.sag.max(1) as u32,
             ..session.clone()

@@ -8,7 +8,6 @@ use small_agent::agent::{
     agent_toolbox, trajectory_record, Agent, AgentConfig, AgentEvent, AgentRun, PromptTemplate,
     SearchFn, StepRecord, DEFAULT_SAG,
 };
-use small_agent_sandbox::Flavour;
 
 use super::{read_text_arg, AgentArgs, ContextArgs, ModelArgs, SandboxArgs, ShardArgs};
 
@@ -62,14 +61,6 @@ pub fn run(args: AskArgs) -> Result<ExitCode> {
     config.sampling.seed = args.agent.seed;
     config.first_thought = args.first_thought;
     let flavour = args.sandbox.flavour()?;
-    if config.sag > 1 && flavour == Flavour::Lite {
-        return Err(super::UsageError(
-            "--sag above 1 runs each candidate on a fork of the Python state, which the lite \
-             interpreter cannot make: use --python full, or --sag 1"
-                .into(),
-        )
-        .into());
-    }
     let shard = Arc::new(args.shard.open()?);
     let search: SearchFn = Arc::new(move |q: &str| {
         small_agent_index::agent_search(&*shard, q).map_err(|e| e.to_string())

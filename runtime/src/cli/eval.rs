@@ -304,14 +304,6 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
         return Err(UsageError("--sag must be at least 1".into()).into());
     }
     let flavour = a.sandbox.flavour()?;
-    if mode == Mode::Agent && a.sag() > 1 && flavour == Flavour::Lite {
-        return Err(UsageError(
-            "--sag above 1 runs each candidate on a fork of the Python state, which the lite \
-             interpreter cannot make: use --python full, or --sag 1"
-                .into(),
-        )
-        .into());
-    }
 
     // Shards.
     let tmp = tempfile::tempdir().context("creating a temporary directory for the shard")?;
@@ -364,11 +356,8 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
                 ShardPlan::Shared(Arc::new(shard), info)
             }
             None => {
-                let shard = a.shard.open()?;
-                let dir = match &a.shard.index {
-                    Some(d) => d.clone(),
-                    None => super::default_shard_dir()?,
-                };
+                let dir = a.shard.dir()?;
+                let shard = Shard::open(&dir)?;
                 let info = shard_info(&shard, "index", Some(&dir));
                 ShardPlan::Shared(Arc::new(shard), info)
             }

@@ -88,7 +88,8 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<small_agent::agent::AgentError>() {
             // The sandbox failing to open is the environment; the rest is the task.
             return match e {
-                small_agent::agent::AgentError::Sandbox(_) => EXIT_USAGE,
+                small_agent::agent::AgentError::Sandbox(_)
+                | small_agent::agent::AgentError::NeedsForks => EXIT_USAGE,
                 _ => EXIT_TASK_FAILED,
             };
         }
@@ -284,24 +285,17 @@ pub fn python_backend(
 }
 
 impl ShardArgs {
+    /// The shard's directory: `--index`, else the built default shard.
+    pub fn dir(&self) -> Result<PathBuf> {
+        Ok(match &self.index {
+            Some(d) => d.clone(),
+            None => small_agent::assets::built_default_shard_dir()?,
+        })
+    }
+
     /// Opens the shard (errors name the path and the fix).
     pub fn open(&self) -> Result<small_agent_index::Shard> {
-        let dir = match &self.index {
-            Some(d) => d.clone(),
-            None => {
-                let d = default_shard_dir()?;
-                if !d.exists() {
-                    return Err(UsageError(format!(
-                        "the default knowledge shard {} is not built: run scripts/setup.sh or \
-                         `small-agent index build --default`, or pass --index DIR",
-                        d.display()
-                    ))
-                    .into());
-                }
-                d
-            }
-        };
-        Ok(small_agent_index::Shard::open(&dir)?)
+        Ok(small_agent_index::Shard::open(&self.dir()?)?)
     }
 }
 
