@@ -85,8 +85,6 @@ pub fn bench_engine(model: &Model, params: &LlmBenchParams) -> Result<LlmBenchRe
         n_batch: params.pp_tokens.max(1),
         n_seq_max: 1,
     };
-    let mut pp_session = model.session(&sp(params.pp_tokens))?;
-    let mut tg_session = model.session(&sp(params.tg_tokens + 1))?;
     let pp_prompt = random_tokens(params.pp_tokens as usize, model.n_vocab(), 0x5eed);
     let one = GenerateParams {
         max_tokens: 1,
@@ -99,19 +97,31 @@ pub fn bench_engine(model: &Model, params: &LlmBenchParams) -> Result<LlmBenchRe
         ignore_eog: true,
         ..Default::default()
     };
+    // One test at a time with one live session, as llama-bench runs one context (and one
+    // thread pool) per test: an idle session's pool workers would otherwise spin beside
+    // the measured one. Repetition 0 warms caches and the pool and is not counted.
     let mut pp = Vec::new();
+    {
+        let mut session = model.session(&sp(params.pp_tokens))?;
+        for rep in 0..=params.repetitions {
+            session.clear();
+            let c = session.complete_tokens(&pp_prompt, &one, &mut |_| true)?;
+            if rep > 0 {
+                pp.push(params.pp_tokens as f64 / (c.stats.prompt_ms / 1e3));
+            }
+        }
+    }
     let mut tg = Vec::new();
-    for rep in 0..=params.repetitions {
-        pp_session.clear();
-        let c = pp_session.complete_tokens(&pp_prompt, &one, &mut |_| true)?;
-        tg_session.clear();
-        let start = Instant::now();
-        let g = tg_session.complete_tokens(&pp_prompt[..1], &gen, &mut |_| true)?;
-        let tg_s = start.elapsed().as_secs_f64() - g.stats.prompt_ms / 1e3;
-        if rep > 0 {
-            // Repetition 0 warms caches and the thread pool, as llama-bench does.
-            pp.push(params.pp_tokens as f64 / (c.stats.prompt_ms / 1e3));
-            tg.push(params.tg_tokens as f64 / tg_s);
+    {
+        let mut session = model.session(&sp(params.tg_tokens + 1))?;
+        for rep in 0..=params.repetitions {
+            session.clear();
+            let start = Instant::now();
+            let g = session.complete_tokens(&pp_prompt[..1], &gen, &mut |_| true)?;
+            let tg_s = start.elapsed().as_secs_f64() - g.stats.prompt_ms / 1e3;
+            if rep > 0 {
+                tg.push(params.tg_tokens as f64 / tg_s);
+            }
         }
     }
     Ok(LlmBenchResult {

@@ -7,6 +7,7 @@
 //! the prompt can later be decoded side by side ([`Session::fork_sequence`]).
 
 mod stop;
+mod threadpool;
 mod utf8;
 
 use std::{
@@ -439,6 +440,8 @@ impl<'s> Candidate<'s> {
 pub struct Session<'m> {
     model: &'m Model,
     ctx: LlamaContext<'m>,
+    /// Declared after `ctx`: the context uses the pool until it is dropped.
+    _pool: Option<threadpool::CpuThreadPool>,
     params: SessionParams,
     /// `cached[s]` = the tokens in the KV cache of sequence `s`, in position order.
     cached: Vec<Vec<LlamaToken>>,
@@ -499,10 +502,13 @@ impl<'m> Session<'m> {
             .inner
             .new_context(backend()?, cparams)
             .map_err(llama_err)?;
+        let pool =
+            threadpool::CpuThreadPool::attach(&ctx, params.n_threads.max(params.n_threads_batch));
         let batch_cap = params.n_batch.max(params.n_seq_max) as usize;
         Ok(Self {
             model,
             ctx,
+            _pool: pool,
             params: params.clone(),
             cached: vec![Vec::new(); params.n_seq_max as usize],
             batch: LlamaBatch::new(batch_cap, params.n_seq_max as i32),
