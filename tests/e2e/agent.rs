@@ -166,6 +166,28 @@ fn sag_decodes_candidates_together_and_votes_on_forks() {
     } else {
         assert_eq!(s.winner, 0);
     }
+    // Candidates stopped early did not run or vote, and they were stopped only because
+    // the winning group was out of reach even if every one of them had joined another.
+    let abandoned = s.candidates.iter().filter(|c| c.abandoned).count();
+    assert!(!s.candidates[s.winner].abandoned, "{s:?}");
+    for c in s.candidates.iter().filter(|c| c.abandoned) {
+        assert!(!c.ran && c.votes == 0, "{s:?}");
+    }
+    if abandoned > 0 {
+        let in_best = s.candidates.iter().filter(|c| c.votes == best).count();
+        let other = if in_best > best {
+            best
+        } else {
+            s.candidates
+                .iter()
+                .map(|c| c.votes)
+                .filter(|&v| v != best)
+                .max()
+                .unwrap_or(0)
+        };
+        assert!(best > other + abandoned, "{s:?}");
+    }
+    assert!(s.llm.decoded_tokens > 0, "{s:?}");
 }
 
 #[test]

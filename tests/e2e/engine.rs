@@ -289,7 +289,15 @@ fn parallel_candidates_share_the_prompt_and_decode_in_one_batch() {
         assert_eq!(c.text, single.text, "candidate {i}");
         assert_eq!(streamed[i], c.text);
         assert_eq!(c.stats.prompt_tokens, prompt.len());
+        // Identical candidates share one evaluation per position, and each sequence still
+        // holds the whole history.
+        assert_eq!(
+            c.stats.decoded_tokens, single.stats.decoded_tokens,
+            "candidate {i}"
+        );
+        assert_eq!(s.cached_tokens(i), s.cached_tokens(0), "sequence {i}");
     }
+    assert!(s.cached_tokens(0).len() > prompt.len());
     // Sampling: candidates use different seeds, and the prompt is not evaluated again.
     let sampled = GenerateParams {
         max_tokens: 24,
@@ -308,6 +316,8 @@ fn parallel_candidates_share_the_prompt_and_decode_in_one_batch() {
     assert_eq!(cands[0].stats.cached_tokens, prompt.len() - 1);
     let distinct: std::collections::HashSet<_> = cands.iter().map(|c| c.text.clone()).collect();
     assert!(distinct.len() > 1, "all candidates equal: {cands:?}");
+    let all_tokens: usize = cands.iter().map(|c| c.stats.gen_tokens).sum();
+    assert!(cands[0].stats.decoded_tokens <= all_tokens, "{cands:?}");
     // Adopting candidate 2 makes it the conversation that the next call continues.
     let mut kept = s.cached_tokens(2).to_vec();
     s.keep_sequence(2).unwrap();
@@ -317,4 +327,56 @@ fn parallel_candidates_share_the_prompt_and_decode_in_one_batch() {
     kept.extend(m.tokenize(" And a vegetable?", false));
     let next = s.complete_tokens(&kept, &greedy(4), &mut |_| true).unwrap();
     assert_eq!(next.stats.cached_tokens, adopted);
+}
+
+#[test]
+fn parallel_decoding_stops_the_candidates_still_running_when_asked() {
+    let m = model();
+    let mut s = m
+        .session(&SessionParams {
+            n_seq_max: 4,
+            ..params(2048)
+        })
+        .unwrap();
+    let prompt = m.tokenize(&m.render_chat(&user("Write a poem."), true).unwrap(), true);
+    // Near-random text that ends at its first space: the candidates end at different
+    // positions, and the caller wants only the first one to end.
+    let params = GenerateParams {
+        max_tokens: 32,
+        sampling: SamplingParams {
+            temperature: 3.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 7,
+            ..SamplingParams::default()
+        },
+        stop: vec![" ".into()],
+        ..Default::default()
+    };
+    let mut first: Option<(usize, String)> = None;
+    let cands = s
+        .complete_parallel_until(&prompt, 4, &params, &mut |_, _| true, &mut |i, c| {
+            assert!(first.is_none(), "called again after asking to stop");
+            first = Some((i, c.text.clone()));
+            false
+        })
+        .unwrap();
+    let (winner, text) = first.expect("one candidate ended");
+    assert_eq!(cands[winner].text, text);
+    let ended_at = cands[winner].stats.gen_tokens;
+    for (i, c) in cands.iter().enumerate() {
+        // Nobody decoded past the position where the first candidate ended.
+        assert!(c.stats.gen_tokens <= ended_at, "candidate {i}: {c:?}");
+        if c.finish_reason == FinishReason::Abandoned {
+            assert_ne!(i, winner);
+        }
+    }
+    assert!(
+        cands
+            .iter()
+            .any(|c| c.finish_reason == FinishReason::Abandoned)
+            || cands.iter().all(|c| c.stats.gen_tokens == ended_at),
+        "{cands:?}"
+    );
 }

@@ -129,6 +129,9 @@ pub struct CandidateRecord {
     pub ran: bool,
     /// Size of the group of identical outcomes it belongs to (0 when it failed).
     pub votes: usize,
+    /// Not run, and its decoding stopped early: the candidates that had ended already
+    /// held a majority no other outcome could reach (it did not vote).
+    pub abandoned: bool,
 }
 
 /// One step of a run.
@@ -423,33 +426,47 @@ impl<'m> Agent<'m> {
             }
             let prompt = model.tokenize(&text, true);
             let mut cancelled = false;
-            let mut cands =
-                self.session
-                    .complete_parallel(&prompt, cfg.sag, &gen, &mut |i, t| {
-                        if cancel.is_raised() || (i == 0 && !on_event(AgentEvent::Token(t))) {
-                            cancelled = true;
+            let prefix = gen.prefill.clone().unwrap_or_default();
+            // Each candidate's code runs as soon as its reply ends, while the others are
+            // still decoding; once the outcome is decided the rest are not decoded further.
+            let mut runner = CandidateRunner::new(cfg.sag);
+            let mut run_error = None;
+            let mut cands = self.session.complete_parallel_until(
+                &prompt,
+                cfg.sag,
+                &gen,
+                &mut |i, t| {
+                    if cancel.is_raised() || (i == 0 && !on_event(AgentEvent::Token(t))) {
+                        cancelled = true;
+                    }
+                    !cancelled
+                },
+                &mut |i, c| {
+                    let code = protocol::extract_code(&format!("{prefix}{}", c.text));
+                    match runner.run(py, i, code) {
+                        Ok(()) => !runner.decided(),
+                        Err(e) => {
+                            run_error = Some(e);
+                            false
                         }
-                        !cancelled
-                    })?;
-            if cancelled {
+                    }
+                },
+            )?;
+            if cancelled || cancel.is_raised() {
                 return Err(AgentError::Cancelled);
+            }
+            if let Some(e) = run_error {
+                return Err(e);
             }
             if let Some(p) = &gen.prefill {
                 for c in &mut cands {
                     c.text.insert_str(0, p);
                 }
             }
-            let t_exec = Instant::now();
-            let codes: Vec<Option<String>> = cands
-                .iter()
-                .map(|c| protocol::extract_code(&c.text))
-                .collect();
-            let step = execute_candidates(py, &codes)?;
-            if cancel.is_raised() {
-                return Err(AgentError::Cancelled);
-            }
+            let exec_ms = runner.exec_ms();
+            let codes = runner.codes.clone();
+            let step = runner.finish(py);
             let winner = step.winner;
-            let exec_ms = t_exec.elapsed().as_secs_f64() * 1e3;
             self.session.keep_sequence(winner)?;
             let reply = &cands[winner].text;
             let chosen = step.result;
@@ -590,51 +607,149 @@ pub struct ExecutedStep {
 /// One candidate runs on the session itself. Several run each on its own fork of the
 /// session (a losing candidate's side effects never reach it); the vote picks the winner
 /// and the session adopts the winner's fork, so nothing runs twice. `codes[i]` is `None`
-/// when candidate `i` had no code.
+/// when candidate `i` had no code. Every candidate runs (no early decision).
 pub fn execute_candidates(
     py: &mut PySession,
     codes: &[Option<String>],
 ) -> Result<ExecutedStep, AgentError> {
-    let mut ran: Vec<Option<Ran>> = Vec::with_capacity(codes.len());
-    if codes.len() == 1 {
-        ran.push(codes[0].as_ref().map(|code| Ran {
-            result: py.exec(code),
-            fork: None,
-        }));
-    } else {
-        for code in codes {
-            ran.push(match code {
-                Some(code) => {
-                    let mut fork = py.fork()?;
-                    let result = fork.exec(code);
-                    Some(Ran {
-                        result,
-                        fork: Some(fork),
-                    })
-                }
-                None => None,
-            });
+    let mut runner = CandidateRunner::new(codes.len());
+    for (i, code) in codes.iter().enumerate() {
+        runner.run(py, i, code.clone())?;
+    }
+    Ok(runner.finish(py))
+}
+
+/// Runs a step's candidates one at a time, in the order their replies end, and keeps the
+/// vote current so the caller can stop decoding once it is decided.
+///
+/// Only the forks that can still matter are kept: the earliest member of each outcome
+/// group (the one the vote would pick) and candidate 0 (whose failure becomes the
+/// observation when nothing survives). Others are dropped as soon as they have run, which
+/// bounds memory by the number of distinct outcomes rather than by N.
+pub struct CandidateRunner {
+    /// Each candidate's code (`None`: no code, or not ended yet).
+    pub codes: Vec<Option<String>>,
+    ran: Vec<Option<Ran>>,
+    ended: Vec<bool>,
+    exec: std::time::Duration,
+}
+
+impl CandidateRunner {
+    /// A runner for `n` candidates.
+    pub fn new(n: usize) -> Self {
+        Self {
+            codes: vec![None; n],
+            ran: (0..n).map(|_| None).collect(),
+            ended: vec![false; n],
+            exec: std::time::Duration::ZERO,
         }
     }
-    let (winner, votes) = vote(&ran);
-    let candidates = (0..codes.len())
-        .map(|i| CandidateRecord {
-            parsed: codes[i].is_some(),
-            ran: ran[i].as_ref().is_some_and(|r| r.result.ok()),
-            votes: votes[i],
-        })
-        .collect();
-    let result = ran[winner].take().map(|Ran { result, fork }| {
-        if let Some(f) = fork {
-            py.adopt(f);
+
+    /// Runs candidate `i`'s code (on the session itself when there is one candidate, else
+    /// on a fork). A candidate without code only records that it ended.
+    pub fn run(
+        &mut self,
+        py: &mut PySession,
+        i: usize,
+        code: Option<String>,
+    ) -> Result<(), AgentError> {
+        self.ended[i] = true;
+        self.codes[i] = code;
+        let Some(code) = &self.codes[i] else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        let ran = if self.ran.len() == 1 {
+            Ran {
+                result: py.exec(code),
+                fork: None,
+            }
+        } else {
+            let mut fork = py.fork()?;
+            let result = fork.exec(code);
+            Ran {
+                result,
+                fork: Some(fork),
+            }
+        };
+        self.exec += t.elapsed();
+        self.ran[i] = Some(ran);
+        self.drop_needless_forks();
+        Ok(())
+    }
+
+    fn drop_needless_forks(&mut self) {
+        let keys: Vec<_> = self
+            .ran
+            .iter()
+            .map(|r| {
+                r.as_ref()
+                    .filter(|r| r.result.ok())
+                    .map(|r| outcome_key(&r.result))
+            })
+            .collect();
+        for i in 1..self.ran.len() {
+            let needless = match &keys[i] {
+                None => true,
+                Some(k) => keys[..i].iter().any(|o| o.as_ref() == Some(k)),
+            };
+            if needless {
+                if let Some(r) = &mut self.ran[i] {
+                    r.fork = None;
+                }
+            }
         }
-        result
-    });
-    Ok(ExecutedStep {
-        winner,
-        result,
-        candidates,
-    })
+    }
+
+    /// Whether the candidates still decoding can no longer change the winning outcome: the
+    /// largest group is bigger than any other group could grow even if every candidate
+    /// still running joined it.
+    pub fn decided(&self) -> bool {
+        let (_, votes) = vote(&self.ran);
+        let remaining = self.ended.iter().filter(|e| !**e).count();
+        let best = votes.iter().copied().max().unwrap_or(0);
+        if best == 0 {
+            return remaining == 0;
+        }
+        let winner = votes.iter().position(|&v| v == best).unwrap_or(0);
+        let winning_key = self.ran[winner].as_ref().map(|r| outcome_key(&r.result));
+        let other = (0..self.ran.len())
+            .filter(|&i| votes[i] > 0)
+            .filter(|&i| self.ran[i].as_ref().map(|r| outcome_key(&r.result)) != winning_key)
+            .map(|i| votes[i])
+            .max()
+            .unwrap_or(0);
+        best > other + remaining
+    }
+
+    /// Milliseconds spent forking and running code so far.
+    pub fn exec_ms(&self) -> f64 {
+        self.exec.as_secs_f64() * 1e3
+    }
+
+    /// Votes and makes the winner's fork the session's state.
+    pub fn finish(mut self, py: &mut PySession) -> ExecutedStep {
+        let (winner, votes) = vote(&self.ran);
+        let candidates = (0..self.ran.len())
+            .map(|i| CandidateRecord {
+                parsed: self.codes[i].is_some(),
+                ran: self.ran[i].as_ref().is_some_and(|r| r.result.ok()),
+                votes: votes[i],
+                abandoned: !self.ended[i],
+            })
+            .collect();
+        let result = self.ran[winner].take().map(|Ran { result, fork }| {
+            if let Some(f) = fork {
+                py.adopt(f);
+            }
+            result
+        });
+        ExecutedStep {
+            winner,
+            result,
+            candidates,
+        }
+    }
 }
 
 /// The text of a `final_answer` value: strings as they are, anything else as its repr.
@@ -720,6 +835,51 @@ mod tests {
             traceback: String::new(),
         });
         r
+    }
+
+    fn runner(ran: Vec<Option<Ran>>, ended: &[bool]) -> CandidateRunner {
+        let mut r = CandidateRunner::new(ran.len());
+        r.ran = ran;
+        r.ended = ended.to_vec();
+        r
+    }
+
+    #[test]
+    fn the_vote_is_decided_only_when_the_candidates_still_running_cannot_change_it() {
+        let a = || ok("a\n", None);
+        let b = || ok("b\n", None);
+        // Five of eight agree, three still decoding: even all three elsewhere lose.
+        let r = runner(
+            vec![a(), a(), a(), a(), a(), None, None, None],
+            &[true, true, true, true, true, false, false, false],
+        );
+        assert!(r.decided());
+        // Four agree, three running could make a tie of four elsewhere.
+        let r = runner(
+            vec![a(), a(), a(), a(), None, None, None, None],
+            &[true, true, true, true, false, false, false, false],
+        );
+        assert!(!r.decided());
+        // Four agree, one differs, one failed, two running: 4 > 1 + 2.
+        let r = runner(
+            vec![a(), b(), a(), failed(), a(), a(), None, None],
+            &[true, true, true, true, true, true, false, false],
+        );
+        assert!(r.decided());
+        // Nobody survived yet: undecided while anything runs, decided when all ended.
+        let r = runner(vec![failed(), None, None], &[true, true, false]);
+        assert!(!r.decided());
+        let r = runner(vec![failed(), None, None], &[true, true, true]);
+        assert!(r.decided());
+        // Final answers count as outcomes: three "Paris" against two "Lyon" with one
+        // running is not decided (a third "Lyon" would tie and the earlier group wins).
+        let p = || ok("", Some("Paris"));
+        let l = || ok("", Some("Lyon"));
+        let r = runner(
+            vec![l(), p(), p(), l(), p(), None],
+            &[true, true, true, true, true, false],
+        );
+        assert!(!r.decided());
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum BenchCommand {
     },
     /// The agent on a question file: accuracy and parse-error rate with and without the grammar
     Agent(super::bench_agent::BenchAgentArgs),
+    /// One agent step with N candidates (SAG) vs one candidate, on real questions
+    Sag(super::bench_sag::BenchSagArgs),
     /// Sandbox: cold session, warm print(1), fork, CPU-bound snippets vs native CPython
     Sandbox(super::python::BenchSandboxArgs),
     /// Knowledge shard: indexing passages/s and query latency over a 1M-passage corpus, vs bm25s
@@ -78,6 +80,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Agent(a) => super::bench_agent::run(a),
         BenchCommand::Sandbox(a) => super::python::bench(a),
+        BenchCommand::Sag(a) => super::bench_sag::run(a),
         BenchCommand::Index(a) => super::index::bench(a),
         BenchCommand::Llm {
             model,

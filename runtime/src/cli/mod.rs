@@ -3,6 +3,7 @@
 mod ask;
 mod bench;
 mod bench_agent;
+mod bench_sag;
 mod eval;
 mod generate;
 mod index;

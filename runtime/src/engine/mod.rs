@@ -23,7 +23,7 @@ use llama_cpp_2::{
     llama_batch::LlamaBatch,
     model::{params::LlamaModelParams, LlamaChatMessage, LlamaChatTemplate, LlamaModel},
     sampling::LlamaSampler,
-    token::LlamaToken,
+    token::{data::LlamaTokenData, data_array::LlamaTokenDataArray, LlamaToken},
 };
 use serde::Serialize;
 
@@ -313,15 +313,14 @@ impl SamplingParams {
         }
     }
 
-    fn build(&self, model: &Model, grammar: Option<&str>) -> Result<LlamaSampler> {
-        let mut chain = Vec::new();
-        if let Some(g) = grammar {
-            // First, so that the truncating samplers below only ever see admissible tokens.
-            chain.push(
+    fn build(&self, model: &Model, grammar: Option<&str>) -> Result<TokenSampler> {
+        let grammar = grammar
+            .map(|g| {
                 LlamaSampler::grammar(&model.inner, g, "root")
-                    .map_err(|e| EngineError::Grammar(e.to_string()))?,
-            );
-        }
+                    .map_err(|e| EngineError::Grammar(e.to_string()))
+            })
+            .transpose()?;
+        let mut chain = Vec::new();
         if self.repeat_penalty != 1.0 {
             chain.push(LlamaSampler::penalties(
                 model.n_vocab(),
@@ -346,8 +345,66 @@ impl SamplingParams {
             chain.push(LlamaSampler::temp(self.temperature));
             chain.push(LlamaSampler::dist(self.seed));
         }
-        Ok(LlamaSampler::chain_simple(chain))
+        Ok(TokenSampler {
+            grammar,
+            chain: LlamaSampler::chain_simple(chain),
+        })
     }
+}
+
+/// One sequence's sampler: the sampling chain and, apart from it, the optional grammar.
+///
+/// Checking a grammar against every token of the vocabulary costs more than decoding a
+/// token of a small model, and it is paid per candidate per position. So the token is
+/// first drawn without the grammar and only checked against it; only when the grammar
+/// rejects it are the logits masked by the grammar and the token drawn again. The result
+/// follows the grammar-masked distribution (a rejected first draw is discarded); it is
+/// what llama.cpp's own common sampler does.
+struct TokenSampler {
+    grammar: Option<LlamaSampler>,
+    chain: LlamaSampler,
+}
+
+impl TokenSampler {
+    /// Draws the next token from the logits at batch index `idx` and accepts it.
+    fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> LlamaToken {
+        let Some(grammar) = &mut self.grammar else {
+            return self.chain.sample(ctx, idx);
+        };
+        let mut cur = ctx.token_data_array_ith(idx);
+        cur.apply_sampler(&mut self.chain);
+        let drawn = cur.selected_token();
+        let token = match drawn.filter(|&t| admits(grammar, t)) {
+            Some(t) => t,
+            None => {
+                let mut cur = ctx.token_data_array_ith(idx);
+                cur.apply_sampler(grammar);
+                cur.apply_sampler(&mut self.chain);
+                // The grammar always leaves at least one token (llama.cpp aborts otherwise).
+                cur.selected_token().unwrap_or(LlamaToken(0))
+            }
+        };
+        grammar.accept(token);
+        self.chain.accept(token);
+        token
+    }
+
+    /// Takes `tokens` as already generated (grammar state, repeat-penalty history).
+    fn accept_many(&mut self, tokens: &[LlamaToken]) {
+        if let Some(g) = &mut self.grammar {
+            g.accept_many(tokens);
+        }
+        self.chain.accept_many(tokens);
+    }
+}
+
+/// Whether the grammar in its current state allows `token` next.
+fn admits(grammar: &mut LlamaSampler, token: LlamaToken) -> bool {
+    let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(token, 1.0, 0.0)], false);
+    one.apply_sampler(grammar);
+    one.data
+        .first()
+        .is_some_and(|d| d.logit() != f32::NEG_INFINITY)
 }
 
 /// One generation request.
@@ -382,6 +439,9 @@ pub enum FinishReason {
     ContextFull,
     /// The caller's callback asked to stop.
     Cancelled,
+    /// Parallel decoding: the caller stopped this candidate because the step's outcome was
+    /// already decided by the candidates that had finished.
+    Abandoned,
 }
 
 /// Token counts and times of one call.
@@ -397,6 +457,10 @@ pub struct CallStats {
     pub gen_tokens: usize,
     /// Time spent generating.
     pub gen_ms: f64,
+    /// Tokens evaluated while generating. For parallel candidates this counts all of them
+    /// together, and a token that identical candidates share is evaluated (and counted)
+    /// once.
+    pub decoded_tokens: usize,
 }
 
 /// The result of one call.
@@ -424,6 +488,18 @@ struct Candidate<'s> {
 }
 
 impl<'s> Candidate<'s> {
+    /// Once it has ended: the text held back (an incomplete character, a possible start of
+    /// a stop string) is part of the reply after all, unless a stop string did end it.
+    fn flush(&mut self, on_text: &mut dyn FnMut(&str) -> bool) {
+        if self.stop.is_none() {
+            let rest = self.stops.finish(&self.decoder.finish());
+            if !rest.is_empty() {
+                self.text.push_str(&rest);
+                on_text(&rest);
+            }
+        }
+    }
+
     fn new(stop: &'s [String]) -> Self {
         Self {
             text: String::new(),
@@ -604,6 +680,21 @@ impl<'m> Session<'m> {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(usize, &str) -> bool,
     ) -> Result<Vec<Completion>> {
+        self.complete_parallel_until(prompt, n, params, on_text, &mut |_, _| true)
+    }
+
+    /// [`Session::complete_parallel`], telling the caller about each candidate as soon as it
+    /// ends: `on_done(i, completion)` gets candidate `i`'s final text (its stats are filled
+    /// in only in the returned list) and returns `false` when the candidates still running
+    /// are not needed any more; they then end with [`FinishReason::Abandoned`].
+    pub fn complete_parallel_until(
+        &mut self,
+        prompt: &[LlamaToken],
+        n: usize,
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(usize, &str) -> bool,
+        on_done: &mut dyn FnMut(usize, &Completion) -> bool,
+    ) -> Result<Vec<Completion>> {
         let n_ctx = self.n_ctx() as usize;
         if prompt.is_empty() {
             return Err(EngineError::InvalidParameter("empty prompt".into()));
@@ -676,13 +767,31 @@ impl<'m> Session<'m> {
         let mut cands: Vec<Candidate> = (0..n).map(|_| Candidate::new(&params.stop)).collect();
         // Every candidate samples its first token from the prompt's last logits.
         let mut logits_idx = vec![self.batch.n_tokens() - 1; n];
-        // KV cells in use: the shared prompt once, plus each candidate's own tokens.
+        // KV cells in use: the shared prompt once, plus each evaluated token once.
         let mut cells = prompt.len();
+        // Candidates whose generated tokens are identical so far form a group and share one
+        // evaluation per position: the token goes into the batch once, tagged with every
+        // member's sequence, so each member's sequence still holds its whole history and
+        // samples from the same logits it would have got alone. At the paper's temperature
+        // most positions leave all eight candidates on the same token, so this saves most of
+        // the batch without changing any candidate's text. Group ids are renumbered per step.
+        let mut group = vec![0usize; n];
+        let (mut positions, mut evaluated) = (0usize, 0usize);
         let mut cancelled = false;
+        let mut abandon = false;
+        // Candidates whose end has been passed to `on_done`.
+        let mut reported = vec![false; n];
+        // Time spent in `on_done` (e.g. running a candidate's code) is not decoding time.
+        let mut in_callbacks = std::time::Duration::ZERO;
         loop {
-            let mut next = Vec::new();
+            // (group, token) -> members, in first-member order.
+            let mut next: Vec<(usize, LlamaToken, Vec<usize>)> = Vec::new();
             for (i, c) in cands.iter_mut().enumerate() {
                 if c.finish.is_some() {
+                    continue;
+                }
+                if abandon {
+                    c.finish = Some(FinishReason::Abandoned);
                     continue;
                 }
                 if cancelled {
@@ -715,41 +824,86 @@ impl<'m> Session<'m> {
                 } else if c.gen_tokens == params.max_tokens as usize {
                     // Not evaluated: nothing will be sampled after it.
                     c.finish = Some(FinishReason::Length);
+                } else if let Some(g) = next
+                    .iter_mut()
+                    .find(|(g, t, _)| *g == group[i] && *t == token)
+                {
+                    g.2.push(i);
                 } else if cells >= n_ctx {
                     // No cell left to evaluate it in: the reply ends here, visibly.
                     c.finish = Some(FinishReason::ContextFull);
                 } else {
-                    next.push((i, token));
+                    next.push((group[i], token, vec![i]));
                     cells += 1;
                 }
+            }
+            for (i, c) in cands.iter_mut().enumerate() {
+                if reported[i] || c.finish.is_none() || c.finish == Some(FinishReason::Abandoned) {
+                    continue;
+                }
+                reported[i] = true;
+                c.flush(&mut |t| on_text(i, t));
+                if abandon || cancelled {
+                    continue;
+                }
+                let done = Completion {
+                    text: c.text.clone(),
+                    finish_reason: c.finish.unwrap_or(FinishReason::Length),
+                    stop: c.stop.clone(),
+                    stats: CallStats::default(),
+                };
+                let t = Instant::now();
+                if !on_done(i, &done) {
+                    abandon = true;
+                }
+                in_callbacks += t.elapsed();
+            }
+            if abandon {
+                for c in cands.iter_mut().filter(|c| c.finish.is_none()) {
+                    c.finish = Some(FinishReason::Abandoned);
+                }
+                next.clear();
             }
             if next.is_empty() {
                 break;
             }
             self.batch.clear();
-            for (j, (i, token)) in next.iter().enumerate() {
-                let pos = self.cached[*i].len() as i32;
+            for (j, (_, token, members)) in next.iter().enumerate() {
+                // Members of a group have equal histories, hence equal positions.
+                let pos = self.cached[members[0]].len() as i32;
+                let seqs: Vec<i32> = members.iter().map(|&m| m as i32).collect();
                 self.batch
-                    .add(*token, pos, &[*i as i32], true)
+                    .add(*token, pos, &seqs, true)
                     .map_err(llama_err)?;
-                logits_idx[*i] = j as i32;
+                for &m in members {
+                    logits_idx[m] = j as i32;
+                    group[m] = j;
+                }
             }
             self.ctx.decode(&mut self.batch).map_err(llama_err)?;
-            for (i, token) in next {
-                self.cached[i].push(token);
+            positions += 1;
+            evaluated += next.len();
+            for (_, token, members) in next {
+                for m in members {
+                    self.cached[m].push(token);
+                }
             }
         }
-        let gen_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let gen_ms = t1.elapsed().saturating_sub(in_callbacks).as_secs_f64() * 1e3;
+        tracing::debug!(
+            n,
+            positions,
+            evaluated,
+            mean_width = evaluated as f64 / positions.max(1) as f64,
+            gen_ms,
+            "parallel decoding"
+        );
         Ok(cands
             .into_iter()
             .enumerate()
             .map(|(i, mut c)| {
-                if c.stop.is_none() {
-                    let rest = c.stops.finish(&c.decoder.finish());
-                    if !rest.is_empty() {
-                        c.text.push_str(&rest);
-                        on_text(i, &rest);
-                    }
+                if !reported[i] {
+                    c.flush(&mut |t| on_text(i, t));
                 }
                 Completion {
                     text: c.text,
@@ -761,6 +915,7 @@ impl<'m> Session<'m> {
                         prompt_ms,
                         gen_tokens: c.gen_tokens,
                         gen_ms,
+                        decoded_tokens: evaluated,
                     },
                 }
             })

@@ -1,0 +1,197 @@
+//! `small-agent bench sag`: the wall time of one agent step with N candidates against one
+//! step with a single candidate, on real questions, with the same sampling and seed.
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::Result;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use small_agent::agent::{
+    agent_toolbox, quick_eval::load_questions, Agent, AgentConfig, SearchFn, StepRecord,
+    STEP_GRAMMAR,
+};
+use small_agent_sandbox::Flavour;
+
+use super::{ContextArgs, ModelArgs, ShardArgs};
+
+/// Arguments of `bench sag`.
+#[derive(Debug, Args)]
+pub struct BenchSagArgs {
+    /// Question file: HippoRAG samples (`[{question, answer}]`) or an agent-distillation set
+    #[arg(long, value_name = "FILE")]
+    pub questions: PathBuf,
+    /// First N questions
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub limit: usize,
+    /// Candidates of the measured SAG step
+    #[arg(long, short = 'n', default_value_t = 8, value_name = "N")]
+    pub n: usize,
+    /// Sampling seed (candidate i uses seed + i; the single candidate uses seed)
+    #[arg(long, default_value_t = 42, value_name = "S")]
+    pub seed: u32,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub context: ContextArgs,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+}
+
+/// One question's first step, both ways.
+#[derive(Debug, Serialize)]
+struct QuestionRow {
+    question: String,
+    single: StepTimes,
+    sag: StepTimes,
+}
+
+/// Milliseconds of one step: its prompt evaluation, decoding (all candidates) and the
+/// candidates' code on their sandbox forks.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct StepTimes {
+    prompt_ms: f64,
+    gen_ms: f64,
+    exec_ms: f64,
+    /// Tokens of the longest candidate (the step decodes until the last one ends).
+    gen_tokens: usize,
+    total_ms: f64,
+}
+
+impl StepTimes {
+    fn of(step: &StepRecord) -> Self {
+        Self {
+            prompt_ms: step.llm.prompt_ms,
+            gen_ms: step.llm.gen_ms,
+            exec_ms: step.exec_ms,
+            gen_tokens: step.llm.gen_tokens,
+            total_ms: step.llm.prompt_ms + step.llm.gen_ms + step.exec_ms,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    n: usize,
+    questions: usize,
+    /// Mean step wall time, one candidate.
+    single_ms: f64,
+    /// Mean step wall time, N candidates.
+    sag_ms: f64,
+    /// `sag_ms / single_ms` (target: at most 2 for N = 8).
+    ratio: f64,
+    /// The same without the prompt evaluation, i.e. what a later step whose prompt is
+    /// already cached costs.
+    ratio_after_prompt: f64,
+    /// Median over questions of the per-question ratio.
+    median_ratio: f64,
+    rows: Vec<QuestionRow>,
+}
+
+pub fn run(a: BenchSagArgs) -> Result<ExitCode> {
+    let loaded = load_questions(&a.questions)?;
+    let mut questions = loaded.items;
+    questions.truncate(a.limit.max(1));
+    let shard = Arc::new(a.shard.open()?);
+    let search: SearchFn = Arc::new(move |q: &str| {
+        small_agent_index::agent_search(&*shard, q).map_err(|e| e.to_string())
+    });
+    let python = super::python_backend(Flavour::Full)?;
+    let model = a.model.load()?;
+    // Both agents sample alike (the paper's SAG temperature and top-p, same seed), so the
+    // single candidate is the SAG step's candidate 0 and the difference is the other N-1.
+    let sag_config = AgentConfig {
+        max_steps: 1,
+        grammar: Some(STEP_GRAMMAR.to_owned()),
+        ..AgentConfig::default()
+    }
+    .with_sag(a.n.max(2));
+    let mut sag_config = sag_config;
+    sag_config.sampling.seed = a.seed;
+    let single_config = AgentConfig {
+        sag: 1,
+        ..sag_config.clone()
+    };
+    let mut agents = Vec::new();
+    for config in [single_config, sag_config] {
+        let mut session = a.context.session_params();
+        session.n_ctx = config.context_size(session.n_ctx);
+        let tools = agent_toolbox(Some(search.clone()))?;
+        agents.push(Agent::new(&model, &session, python.clone(), tools, config)?);
+    }
+    let bar = ProgressBar::new(questions.len() as u64).with_style(
+        ProgressStyle::with_template(
+            "one step, 1 vs {msg} candidates [{bar:30}] {pos}/{len} {elapsed}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(a.n.to_string());
+    let mut rows = Vec::new();
+    for q in &questions {
+        let mut times = Vec::new();
+        for agent in &mut agents {
+            let run = agent.run(&q.question, &mut |_| true)?;
+            let step = run.steps.first().ok_or_else(|| {
+                anyhow::anyhow!("the agent ended before its first step: {:?}", run.failure)
+            })?;
+            times.push(StepTimes::of(step));
+        }
+        rows.push(QuestionRow {
+            question: q.question.clone(),
+            single: times[0],
+            sag: times[1],
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let k = rows.len().max(1) as f64;
+    let mean = |f: &dyn Fn(&QuestionRow) -> f64| rows.iter().map(f).sum::<f64>() / k;
+    let single_ms = mean(&|r| r.single.total_ms);
+    let sag_ms = mean(&|r| r.sag.total_ms);
+    let after = |t: &StepTimes| t.gen_ms + t.exec_ms;
+    let ratio_after_prompt = mean(&|r| after(&r.sag)) / mean(&|r| after(&r.single));
+    let mut ratios: Vec<f64> = rows
+        .iter()
+        .map(|r| r.sag.total_ms / r.single.total_ms)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median_ratio = ratios[ratios.len() / 2];
+    let s = Summary {
+        n: a.n.max(2),
+        questions: rows.len(),
+        single_ms,
+        sag_ms,
+        ratio: sag_ms / single_ms,
+        ratio_after_prompt,
+        median_ratio,
+        rows,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "| question | 1 candidate ms (tokens) | {} candidates ms (longest) | ratio |",
+            s.n
+        );
+        println!("|---|---|---|---|");
+        for r in &s.rows {
+            let q: String = r.question.chars().take(48).collect();
+            println!(
+                "| {q} | {:.0} ({}) | {:.0} ({}) | {:.2} |",
+                r.single.total_ms,
+                r.single.gen_tokens,
+                r.sag.total_ms,
+                r.sag.gen_tokens,
+                r.sag.total_ms / r.single.total_ms
+            );
+        }
+        println!(
+            "mean step: 1 candidate {:.0} ms, {} candidates {:.0} ms: ratio {:.2}x \
+             (median {:.2}x; without the prompt evaluation {:.2}x)",
+            s.single_ms, s.n, s.sag_ms, s.ratio, s.median_ratio, s.ratio_after_prompt
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
