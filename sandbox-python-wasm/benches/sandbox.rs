@@ -1,6 +1,7 @@
 //! `cargo bench -p small-agent-sandbox`: the sandbox benchmark (cold session, warm print(1),
 //! fork, CPU-bound snippets vs native `python3`), for the flavours whose assets are installed.
-//! Set `SANDBOX_BENCH_REPS` to change the sample count (default 200).
+//! Set `SANDBOX_BENCH_REPS` to change the sample count (default 200), and
+//! `SANDBOX_BENCH_FLAVOUR=full|lite` to run one flavour only.
 
 use small_agent_sandbox::*;
 
@@ -42,7 +43,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let native = std::path::Path::new("python3");
+    let only = std::env::var("SANDBOX_BENCH_FLAVOUR").ok();
     for name in ["python-wasm-full", "python-wasm-lite"] {
+        if only.as_deref().is_some_and(|o| !name.ends_with(o)) {
+            continue;
+        }
         let Some((f, cache)) = files(name) else {
             continue;
         };

@@ -1,6 +1,6 @@
-//! The sandbox benchmark behind `small-agent bench sandbox`: cold session, warm `print(1)`,
-//! fork, and CPU-bound snippets, each compared with native CPython run as a subprocess on the
-//! same snippets in the same run.
+//! The sandbox benchmark behind `small-agent bench sandbox`: first and later new sessions,
+//! warm `print(1)`, fork, the memory an idle session holds, and CPU-bound snippets, each
+//! compared with native CPython run as a subprocess on the same snippets in the same run.
 
 use crate::{PythonBackend, Result, SessionOptions};
 use std::path::Path;
@@ -75,8 +75,14 @@ pub struct BenchReport {
     pub flavour: &'static str,
     /// Time to obtain the compiled module when the back-end was loaded, and from where.
     pub module_load: (crate::ModuleSource, Duration),
-    /// Opening a new session (interpreter instance + driver boot).
+    /// The first `open` of the run. For the lite flavour this also boots the back-end's parked
+    /// template when no session was opened before in the process.
+    pub first_session: Duration,
+    /// Opening a new session after the first (full: instance + driver boot; lite: a fork of
+    /// the parked template + its configuration turn).
     pub cold_session: Stats,
+    /// Resident memory one more idle session costs the process, in MiB (Linux only).
+    pub idle_session_rss_mib: Option<f64>,
     /// Native: `python3 -c pass` as a subprocess.
     pub native_cold: Option<Stats>,
     /// Warm `print(1)` in an open session.
@@ -113,6 +119,12 @@ impl std::fmt::Display for BenchReport {
         };
         row(
             f,
+            "first session",
+            Some(self.first_session.as_secs_f64() * 1e3),
+            None,
+        )?;
+        row(
+            f,
             "cold session (p50)",
             Some(self.cold_session.p50_ms),
             self.native_cold.map(|s| s.p50_ms),
@@ -130,11 +142,39 @@ impl std::fmt::Display for BenchReport {
             self.native_warm_print.map(|s| s.p90_ms),
         )?;
         row(f, "fork (p50)", self.fork.map(|s| s.p50_ms), None)?;
+        if let Some(mib) = self.idle_session_rss_mib {
+            writeln!(f, "{:<28} {:>12.1}", "idle session RSS (MiB)", mib)?;
+        }
         for c in &self.cpu {
             row(f, &c.name, c.sandbox_ms, c.native_ms)?;
         }
         Ok(())
     }
+}
+
+/// The process's resident set, from `/proc/self/status` (in kB there, whatever the page size).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resident memory per idle session: eight sessions opened and used once, held together.
+fn idle_rss(backend: &dyn PythonBackend) -> Result<Option<f64>> {
+    const N: usize = 8;
+    let Some(before) = rss_bytes() else {
+        return Ok(None);
+    };
+    let mut held = Vec::new();
+    for _ in 0..N {
+        let mut s = backend.open(SessionOptions::default())?;
+        s.exec("x = 1");
+        held.push(s);
+    }
+    let after = rss_bytes();
+    drop(held);
+    Ok(after.map(|a| a.saturating_sub(before) as f64 / N as f64 / (1u64 << 20) as f64))
 }
 
 /// Native timings from one `python3` subprocess: each snippet's setup, then its body timed
@@ -197,6 +237,9 @@ pub fn run(
 ) -> Result<BenchReport> {
     let reps = reps.max(5);
     let report = backend.load_report();
+    let t = Instant::now();
+    drop(backend.open(SessionOptions::default())?);
+    let first_session = t.elapsed();
     let mut cold = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -204,6 +247,7 @@ pub fn run(
         cold.push(t.elapsed());
         drop(s);
     }
+    let idle_session_rss_mib = idle_rss(backend)?;
     let mut session = backend.open(SessionOptions {
         limits: crate::Limits {
             allowed_imports: None,
@@ -295,7 +339,9 @@ pub fn run(
     Ok(BenchReport {
         flavour: backend.flavour().as_str(),
         module_load: (report.module_source, report.module_load),
+        first_session,
         cold_session: Stats::of(cold),
+        idle_session_rss_mib,
         native_cold,
         warm_print: Stats::of(warm),
         native_warm_print: native_warm,

@@ -1,5 +1,5 @@
 //! Guest stdio plumbing: a bounded in-memory sink for printed output, and (for the lite
-//! flavour) a frame channel over the guest's own pipes.
+//! flavour) a frame channel over the guest's own stdin and stdout.
 //!
 //! wasmtime-wasi's `MemoryOutputPipe` cannot be emptied between execs and traps the guest when
 //! full; a session needs a buffer it can drain after every exec and that silently drops (and
@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use std::pin::Pin;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError};
@@ -197,44 +197,43 @@ impl FrameSink {
 
 push_stream!(FrameSink);
 
-/// The lite guest's fd 0: blocks the guest thread until the host sends bytes. Dropping every
-/// sender closes it (the guest then reads EOF and its driver exits).
-#[derive(Clone)]
-pub(crate) struct BlockingStdin {
-    rx: Arc<Mutex<mpsc::Receiver<Vec<u8>>>>,
-    leftover: Arc<Mutex<Vec<u8>>>,
-}
+/// The lite guest's fd 0: the frames the host queued for it. A turn runs on the host's own
+/// thread, so nothing could arrive while the guest waits: an empty queue reads as end of file
+/// (the driver then gives the turn up) instead of blocking forever.
+#[derive(Clone, Default)]
+pub(crate) struct QueueStdin(Arc<Mutex<std::collections::VecDeque<u8>>>);
 
-impl BlockingStdin {
-    pub(crate) fn new() -> (mpsc::Sender<Vec<u8>>, Self) {
-        let (tx, rx) = mpsc::channel();
-        (
-            tx,
-            BlockingStdin {
-                rx: Arc::new(Mutex::new(rx)),
-                leftover: Arc::default(),
-            },
-        )
+impl QueueStdin {
+    /// Appends bytes for the guest to read.
+    pub(crate) fn push(&self, bytes: &[u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(bytes);
     }
 
-    fn read_blocking(&self, size: usize) -> Option<Vec<u8>> {
-        let mut left = self.leftover.lock().unwrap_or_else(|e| e.into_inner());
-        if left.is_empty() {
-            let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
-            *left = rx.recv().ok()?;
+    /// Drops whatever the guest left unread (answers to frames a snippet forged).
+    pub(crate) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn pop(&self, size: usize) -> Option<Vec<u8>> {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if q.is_empty() {
+            return None;
         }
-        let n = size.min(left.len());
-        Some(left.drain(..n).collect())
+        let n = size.min(q.len());
+        Some(q.drain(..n).collect())
     }
 }
 
-impl IsTerminal for BlockingStdin {
+impl IsTerminal for QueueStdin {
     fn is_terminal(&self) -> bool {
         false
     }
 }
 
-impl StdinStream for BlockingStdin {
+impl StdinStream for QueueStdin {
     fn p2_stream(&self) -> Box<dyn InputStream> {
         Box::new(self.clone())
     }
@@ -244,11 +243,11 @@ impl StdinStream for BlockingStdin {
 }
 
 #[wasmtime_wasi::async_trait]
-impl InputStream for BlockingStdin {
+impl InputStream for QueueStdin {
     fn read(&mut self, size: usize) -> Result<Bytes, StreamError> {
-        // Blocking here is deliberate: the guest thread has nothing else to do until the host
-        // sends the next request, and it holds no lock the host needs.
-        match self.read_blocking(size.max(1)) {
+        // `Closed` is what WASI preview 1 turns into a zero-byte read; an empty `Ok` would be
+        // EINTR, which CPython retries in a loop.
+        match self.pop(size.max(1)) {
             Some(v) => Ok(Bytes::from(v)),
             None => Err(StreamError::Closed),
         }
@@ -256,17 +255,17 @@ impl InputStream for BlockingStdin {
 }
 
 #[wasmtime_wasi::async_trait]
-impl Pollable for BlockingStdin {
+impl Pollable for QueueStdin {
     async fn ready(&mut self) {}
 }
 
-impl tokio::io::AsyncRead for BlockingStdin {
+impl tokio::io::AsyncRead for QueueStdin {
     fn poll_read(
         self: Pin<&mut Self>,
         _: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if let Some(v) = self.read_blocking(buf.remaining()) {
+        if let Some(v) = self.pop(buf.remaining()) {
             buf.put_slice(&v);
         }
         Poll::Ready(Ok(()))

@@ -147,6 +147,10 @@ impl Drop for ArmedDeadline<'_> {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct CacheKey {
     module_sha256: String,
+    /// The load-time rewrite applied to the module before compiling (empty: none). Left out
+    /// of the file when empty, so keys of plain modules read and hash as they always did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    patch: String,
     wasmtime: String,
     target: String,
     cpu_features: String,
@@ -225,12 +229,22 @@ pub enum ModuleSource {
     Compiled,
 }
 
-/// Loads `wasm`, through the in-process map, then the on-disk cache, then compilation.
+/// A rewrite applied to a module's bytes before it is compiled. `tag` names the rewrite and
+/// its version: it is part of every cache key, so a compile of the plain module (or of another
+/// rewrite) is never taken for this one. `apply` only runs when no compile is cached.
+pub(crate) struct Rewrite {
+    pub tag: &'static str,
+    pub apply: fn(&[u8], &Path) -> Result<Vec<u8>>,
+}
+
+/// Loads `wasm`, through the in-process map, then the on-disk cache, then compilation; with
+/// `rewrite`, the module compiled (and cached) is the rewritten one.
 pub(crate) fn load_module(
     shared: &Shared,
     wasm: &Path,
     sha256: Option<&str>,
     cache_dir: Option<&Path>,
+    rewrite: Option<&Rewrite>,
 ) -> Result<(Module, ModuleSource, Duration)> {
     let t0 = Instant::now();
     if !wasm.is_file() {
@@ -243,13 +257,17 @@ pub(crate) fn load_module(
         Some(s) => s.to_ascii_lowercase(),
         None => sha256_file(wasm)?,
     };
-    // The in-process map is keyed by content hash only: the engine is fixed for the process.
+    let patch = rewrite.map(|r| r.tag.to_string()).unwrap_or_default();
+    // The in-process map is keyed by content hash (and rewrite) only: the engine is fixed for
+    // the process.
+    let map_key = format!("{module_sha}+{patch}");
     let mut modules = shared.modules.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(m) = modules.get(&module_sha) {
+    if let Some(m) = modules.get(&map_key) {
         return Ok((m.clone(), ModuleSource::Memory, t0.elapsed()));
     }
     let mut key = CacheKey {
         module_sha256: module_sha.clone(),
+        patch,
         wasmtime: WASMTIME_VERSION.into(),
         target: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
         cpu_features: cpu_features(),
@@ -272,7 +290,7 @@ pub(crate) fn load_module(
         match try_cached(shared, &key, cwasm, keyfile) {
             Ok(Some(m)) => {
                 tracing::debug!(path = %cwasm.display(), "compiled module loaded from cache");
-                modules.insert(module_sha, m.clone());
+                modules.insert(map_key, m.clone());
                 return Ok((m, ModuleSource::Cache, t0.elapsed()));
             }
             Ok(None) => {}
@@ -280,14 +298,20 @@ pub(crate) fn load_module(
         }
     }
     tracing::info!(wasm = %wasm.display(), "compiling the interpreter module (once; cached afterwards)");
-    let module =
-        Module::from_file(&shared.engine, wasm).map_err(|e| SandboxError::wasm("compiling", e))?;
+    let module = match rewrite {
+        None => Module::from_file(&shared.engine, wasm),
+        Some(r) => {
+            let bytes = std::fs::read(wasm).map_err(|e| SandboxError::io("reading", wasm, e))?;
+            Module::new(&shared.engine, (r.apply)(&bytes, wasm)?)
+        }
+    }
+    .map_err(|e| SandboxError::wasm("compiling", e))?;
     if let Some((cwasm, keyfile, dir)) = &paths {
         if let Err(e) = write_cache(&module, &mut key, cwasm, keyfile, dir) {
             tracing::warn!(error = %e, "could not write the module cache");
         }
     }
-    modules.insert(module_sha, module.clone());
+    modules.insert(map_key, module.clone());
     Ok((module, ModuleSource::Compiled, t0.elapsed()))
 }
 
@@ -304,6 +328,7 @@ fn try_cached(
         return Ok(None);
     };
     let same = have.module_sha256 == want.module_sha256
+        && have.patch == want.patch
         && have.wasmtime == want.wasmtime
         && have.target == want.target
         && have.cpu_features == want.cpu_features

