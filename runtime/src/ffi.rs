@@ -249,7 +249,6 @@ fn status_of_runtime_error(e: &RuntimeError) -> sa_status {
         }
         RuntimeError::Index(_) => sa_status::SA_INDEX_ERROR,
         RuntimeError::Agent(AgentError::Sandbox(_)) => sa_status::SA_SANDBOX_ERROR,
-        RuntimeError::Agent(AgentError::NeedsForks) => sa_status::SA_INVALID_ARGUMENT,
         RuntimeError::Agent(AgentError::Cancelled) | RuntimeError::Cancelled => {
             sa_status::SA_CANCELLED
         }

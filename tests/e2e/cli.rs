@@ -361,6 +361,47 @@ fn lite_python_imports_sympy_from_the_fetched_wheels() {
 }
 
 #[test]
+fn ask_with_several_candidates_runs_them_on_lite_interpreter_forks() {
+    crate::default_model_path();
+    let fetched = cmd()
+        .args([
+            "models",
+            "fetch",
+            "python-wasm-lite",
+            "lite-sympy",
+            "lite-mpmath",
+        ])
+        .output()
+        .unwrap();
+    assert!(fetched.status.success());
+    let out = cmd()
+        .args([
+            "ask",
+            "--threads",
+            "1",
+            "--python",
+            "lite",
+            "--sag",
+            "3",
+            "--max-steps",
+            "1",
+            "--json",
+            "What is 6 times 7?",
+        ])
+        .output()
+        .unwrap();
+    let v = json_of(&out);
+    assert!(v["error"].is_null(), "{v}");
+    assert_eq!(
+        v["steps"][0]["candidates"].as_array().unwrap().len(),
+        3,
+        "{v}"
+    );
+    let answered = !v["answer"].as_str().unwrap().is_empty();
+    assert_eq!(out.status.code(), Some(if answered { 0 } else { 1 }), "{v}");
+}
+
+#[test]
 fn index_search_json_finds_passages_in_the_default_shard() {
     let out = cmd()
         .args(["index", "search", "--json", "-k", "3", "capital of France"])

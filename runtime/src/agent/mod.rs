@@ -51,13 +51,6 @@ pub enum AgentError {
     /// The run was cancelled by the caller.
     #[error("cancelled")]
     Cancelled,
-    /// SAG above 1 was asked of an interpreter that cannot fork.
-    #[error(
-        "SAG above 1 runs each candidate on a fork of the Python state, which the lite \
-         interpreter cannot make: use the full interpreter (--python full), or one candidate \
-         (--sag 1)"
-    )]
-    NeedsForks,
 }
 
 /// How the agent runs.
@@ -209,8 +202,7 @@ impl RunFailure {
             AgentError::Cancelled => RunFailure::Cancelled,
             AgentError::Engine(EngineError::ContextOverflow { .. }) => RunFailure::ContextOverflow,
             AgentError::Engine(_) => RunFailure::Engine,
-            // NeedsForks is refused by `Agent::new`, before any run.
-            AgentError::Sandbox(_) | AgentError::NeedsForks => RunFailure::Sandbox,
+            AgentError::Sandbox(_) => RunFailure::Sandbox,
         }
     }
 }
@@ -294,9 +286,6 @@ impl<'m> Agent<'m> {
         tools: Toolbox,
         config: AgentConfig,
     ) -> Result<Self, AgentError> {
-        if config.sag > 1 && python.flavour() == small_agent_sandbox::Flavour::Lite {
-            return Err(AgentError::NeedsForks);
-        }
         let params = SessionParams {
             n_seq_max: config.sag.max(1) as u32,
             ..session.clone()
@@ -678,6 +667,9 @@ impl CandidateRunner {
         Ok(())
     }
 
+    /// Keeps a fork only while its candidate can still be the one the vote picks: the
+    /// earliest member of a group that could still reach the largest size, or candidate 0
+    /// while nothing has survived (its failure is then the observation).
     fn drop_needless_forks(&mut self) {
         let keys: Vec<_> = self
             .ran
@@ -688,12 +680,18 @@ impl CandidateRunner {
                     .map(|r| outcome_key(&r.result))
             })
             .collect();
-        for i in 1..self.ran.len() {
-            let needless = match &keys[i] {
-                None => true,
-                Some(k) => keys[..i].iter().any(|o| o.as_ref() == Some(k)),
+        let (_, votes) = vote(&self.ran);
+        let best = votes.iter().copied().max().unwrap_or(0);
+        let remaining = self.ended.iter().filter(|e| !**e).count();
+        for i in 0..self.ran.len() {
+            let keep = match &keys[i] {
+                None => i == 0 && best == 0,
+                Some(k) => {
+                    let earliest = !keys[..i].iter().any(|o| o.as_ref() == Some(k));
+                    earliest && votes[i] + remaining >= best
+                }
             };
-            if needless {
+            if !keep {
                 if let Some(r) = &mut self.ran[i] {
                     r.fork = None;
                 }
@@ -739,6 +737,9 @@ impl CandidateRunner {
             })
             .collect();
         let result = self.ran[winner].take().map(|Ran { result, fork }| {
+            // With several candidates the winner always kept its fork (see
+            // `drop_needless_forks`); with one it ran on the session itself.
+            debug_assert!(fork.is_some() || self.codes.len() == 1);
             if let Some(f) = fork {
                 py.adopt(f);
             }

@@ -89,8 +89,7 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<small_agent::agent::AgentError>() {
             // The sandbox failing to open is the environment; the rest is the task.
             return match e {
-                small_agent::agent::AgentError::Sandbox(_)
-                | small_agent::agent::AgentError::NeedsForks => EXIT_USAGE,
+                small_agent::agent::AgentError::Sandbox(_) => EXIT_USAGE,
                 _ => EXIT_TASK_FAILED,
             };
         }
