@@ -146,6 +146,9 @@ pub struct ParallelBenchResult {
     pub parallel_ms: f64,
     /// `parallel_ms / single_ms` (the target for n = 8 is at most 2).
     pub ratio: f64,
+    /// Tokens the N-candidate step evaluated (mean over repetitions), of `n * tokens`:
+    /// candidates that have drawn the same tokens so far share an evaluation.
+    pub parallel_decoded: f64,
 }
 
 /// Measures one agent-like step: a prompt already in the cache, then `tokens` generated
@@ -176,6 +179,7 @@ pub fn bench_parallel(
         ..Default::default()
     };
     let (mut single, mut parallel) = (Vec::new(), Vec::new());
+    let mut decoded = Vec::new();
     for rep in 0..=params.repetitions {
         for (k, out) in [(1, &mut single), (n as usize, &mut parallel)] {
             // The step's prompt is in the cache already, as after an agent's first step.
@@ -190,6 +194,9 @@ pub fn bench_parallel(
             let c = session.complete_parallel(&prompt, k, &gen, &mut |_, _| true)?;
             if rep > 0 {
                 out.push(c[0].stats.prompt_ms + c[0].stats.gen_ms);
+                if k > 1 {
+                    decoded.push(c[0].stats.decoded_tokens as f64);
+                }
             }
         }
     }
@@ -201,6 +208,7 @@ pub fn bench_parallel(
         single_ms,
         parallel_ms,
         ratio: parallel_ms / single_ms,
+        parallel_decoded: mean(&decoded),
     })
 }
 

@@ -177,6 +177,8 @@ fn bench_llm_reports_both_engines_and_their_ratio() {
             "16",
             "--reps",
             "1",
+            "--rounds",
+            "2",
             "--threads",
             "1",
             "--json",
@@ -190,17 +192,24 @@ fn bench_llm_reports_both_engines_and_their_ratio() {
     );
     let v = json_of(&out);
     assert_eq!(v["model"], model.display().to_string());
-    for engine in ["ours", "llama_bench"] {
-        for test in ["pp", "tg"] {
-            assert!(
-                v[engine][test]["tokens_per_s"].as_f64().unwrap() > 0.0,
-                "{v}"
-            );
+    let rounds = v["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{v}");
+    for round in rounds {
+        for engine in ["ours", "llama_bench"] {
+            for test in ["pp", "tg"] {
+                assert!(
+                    round[engine][test]["tokens_per_s"].as_f64().unwrap() > 0.0,
+                    "{v}"
+                );
+            }
         }
     }
     for r in ["ratio_pp", "ratio_tg"] {
         let ratio = v[r].as_f64().unwrap();
         assert!(ratio.is_finite() && ratio > 0.0, "{r}: {v}");
+        // The reported ratio is one of the rounds' (the median of an even count takes the
+        // upper middle one).
+        assert!(rounds.iter().any(|x| x[r] == v[r]), "{r}: {v}");
     }
 }
 

@@ -27,6 +27,9 @@ pub enum BenchCommand {
         /// Repetitions after one warm-up
         #[arg(long, default_value_t = bench::DEFAULT_REPETITIONS, value_name = "N")]
         reps: u32,
+        /// Rounds of both engines, alternating which goes first; the ratio is their median
+        #[arg(long, default_value_t = 3, value_name = "N")]
+        rounds: u32,
         /// llama-bench binary [default: $SMALL_AGENT_HOME/tools/llama-bench]
         #[arg(long, value_name = "PATH", env = "SMALL_AGENT_LLAMA_BENCH")]
         llama_bench: Option<PathBuf>,
@@ -70,6 +73,15 @@ pub enum BenchCommand {
 struct Report {
     model: String,
     params: LlmBenchParams,
+    /// Median over rounds of ours / llama-bench.
+    ratio_pp: f64,
+    ratio_tg: f64,
+    rounds: Vec<Round>,
+}
+
+/// One round: both engines measured back to back.
+#[derive(Serialize)]
+struct Round {
     ours: LlmBenchResult,
     llama_bench: LlmBenchResult,
     ratio_pp: f64,
@@ -88,9 +100,10 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             pp,
             tg,
             reps,
+            rounds,
             llama_bench,
             json,
-        } => run_llm(model, threads, pp, tg, reps, llama_bench, json),
+        } => run_llm(model, threads, (pp, tg), reps, rounds, llama_bench, json),
         BenchCommand::Parallel {
             model,
             threads,
@@ -117,6 +130,12 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
                 println!("  1 sequence:   {:8.1} ms", r.single_ms);
                 println!("  {n} sequences: {:8.1} ms", r.parallel_ms);
                 println!("  ratio:        {:8.2}x", r.ratio);
+                println!(
+                    "  tokens evaluated by the {n}-candidate step: {:.0} of {} (identical \
+                     candidates share them)",
+                    r.parallel_decoded,
+                    n * tokens
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -126,12 +145,13 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
 fn run_llm(
     model: ModelArgs,
     threads: ThreadArgs,
-    pp: u32,
-    tg: u32,
+    sizes: (u32, u32),
     reps: u32,
+    rounds: u32,
     llama_bench: Option<PathBuf>,
     json: bool,
 ) -> Result<ExitCode> {
+    let (pp, tg) = sizes;
     let params = LlmBenchParams {
         pp_tokens: pp,
         tg_tokens: tg,
@@ -144,27 +164,47 @@ fn run_llm(
     };
     let path = model.path()?;
     let loaded = model.load()?;
-    eprintln!(
-        "measuring small-agent: pp{pp} and tg{tg}, {} reps, {} threads ...",
-        params.repetitions, params.threads
-    );
-    let ours = bench::bench_engine(&loaded, &params)?;
-    drop(loaded);
-    eprintln!("measuring llama-bench ({}) ...", theirs_path.display());
-    let theirs = match bench::bench_llama_cpp(&theirs_path, &path, &params) {
-        Ok(t) => t,
-        Err(e) => {
-            print_row("small-agent", &ours);
-            return Err(e.into());
+    // Rounds alternate which engine goes first, and the ratio is the median of the rounds'
+    // ratios: on a shared or virtual machine the speed drifts between minutes, and a single
+    // ours-then-theirs pair would fold that drift into the ratio.
+    let mut runs = Vec::new();
+    for round in 0..rounds.max(1) {
+        eprintln!(
+            "round {}/{}: pp{pp} and tg{tg}, {} reps, {} threads, small-agent and llama-bench ({}) ...",
+            round + 1,
+            rounds.max(1),
+            params.repetitions,
+            params.threads,
+            theirs_path.display()
+        );
+        let theirs_first = round % 2 == 1;
+        let mut theirs = None;
+        if theirs_first {
+            theirs = Some(bench::bench_llama_cpp(&theirs_path, &path, &params)?);
         }
+        let ours = bench::bench_engine(&loaded, &params)?;
+        let theirs = match theirs {
+            Some(t) => t,
+            None => bench::bench_llama_cpp(&theirs_path, &path, &params)?,
+        };
+        runs.push(Round {
+            ratio_pp: ours.pp.tokens_per_s / theirs.pp.tokens_per_s,
+            ratio_tg: ours.tg.tokens_per_s / theirs.tg.tokens_per_s,
+            ours,
+            llama_bench: theirs,
+        });
+    }
+    let median = |f: &dyn Fn(&Round) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
     };
     let report = Report {
         model: path.display().to_string(),
-        ratio_pp: ours.pp.tokens_per_s / theirs.pp.tokens_per_s,
-        ratio_tg: ours.tg.tokens_per_s / theirs.tg.tokens_per_s,
+        ratio_pp: median(&|r| r.ratio_pp),
+        ratio_tg: median(&|r| r.ratio_tg),
         params,
-        ours,
-        llama_bench: theirs,
+        rounds: runs,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -174,16 +214,24 @@ fn run_llm(
             report.model, report.params.threads
         );
         println!(
-            "{:<14} {:>18} {:>18}",
+            "{:<18} {:>18} {:>18}",
             "engine",
             format!("pp{pp} tok/s"),
             format!("tg{tg} tok/s")
         );
-        print_row("small-agent", &report.ours);
-        print_row("llama-bench", &report.llama_bench);
+        for (i, r) in report.rounds.iter().enumerate() {
+            print_row(&format!("small-agent #{}", i + 1), &r.ours);
+            print_row(&format!("llama-bench #{}", i + 1), &r.llama_bench);
+            println!(
+                "{:<18} {:>18.3} {:>18.3}",
+                format!("ratio #{}", i + 1),
+                r.ratio_pp,
+                r.ratio_tg
+            );
+        }
         println!(
-            "{:<14} {:>18.3} {:>18.3}",
-            "ratio", report.ratio_pp, report.ratio_tg
+            "{:<18} {:>18.3} {:>18.3}",
+            "median ratio", report.ratio_pp, report.ratio_tg
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -191,7 +239,7 @@ fn run_llm(
 
 fn print_row(name: &str, r: &LlmBenchResult) {
     println!(
-        "{:<14} {:>18} {:>18}",
+        "{:<18} {:>18} {:>18}",
         name,
         format!("{:.1} ± {:.1}", r.pp.tokens_per_s, r.pp.stddev),
         format!("{:.1} ± {:.1}", r.tg.tokens_per_s, r.tg.stddev)
