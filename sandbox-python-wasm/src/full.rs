@@ -415,20 +415,8 @@ impl FullInstance {
                 .map_err(|e| SandboxError::wasm("growing the fork's memory", e))?;
         }
         let dst = child.memory.data_mut(&mut child.store);
-        copy_changed(src, &mut dst[..src.len()]);
+        crate::fork_copy::copy_for_fork(src, dst);
         Ok(child)
-    }
-}
-
-/// Copies `src` over `dst` page by page, writing only pages that differ. The child's pages
-/// start as the module's copy-on-write image (or zeros past it); comparing reads them without
-/// faulting private copies in, so a fork costs memory only for what the parent changed.
-pub(crate) fn copy_changed(src: &[u8], dst: &mut [u8]) {
-    const PAGE: usize = 4096;
-    for (s, d) in src.chunks(PAGE).zip(dst.chunks_mut(PAGE)) {
-        if s != &d[..] {
-            d.copy_from_slice(s);
-        }
     }
 }
 

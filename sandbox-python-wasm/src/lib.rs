@@ -37,6 +37,7 @@ pub mod bench;
 mod capture;
 mod engine;
 mod error;
+mod fork_copy;
 mod full;
 mod limits;
 mod lite;

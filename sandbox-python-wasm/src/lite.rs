@@ -732,7 +732,7 @@ impl LiteInstance {
             })?;
         }
         let dst = ex.memory.data_mut(&mut store);
-        crate::full::copy_changed(src, &mut dst[..src.len()]);
+        crate::fork_copy::copy_for_fork(src, dst);
         ex.sp
             .set(&mut store, Val::I32(self.park.sp))
             .map_err(|e| SandboxError::wasm("setting the fork's stack pointer", e))?;
