@@ -4,20 +4,24 @@
 //! initial image (zeros past it). The parent's pages that it never wrote are still that
 //! image, so the child has them already; only the pages the parent wrote need copying.
 //! On Linux, `/proc/self/pagemap` says which pages of a private mapping are the process's
-//! own (written) copies, so a fork copies exactly those without touching the rest: the
-//! child maps nothing it does not use, which keeps both the fork's time and the resident
-//! memory it adds small. Where pagemap cannot be read, pages are compared instead.
+//! own (written) copies, so a fork copies exactly those and never touches the rest: the
+//! child maps nothing the parent did not write, which keeps both the fork's time and the
+//! resident memory it adds small. Where pagemap cannot be read, every page is compared.
 
 /// Bits of a pagemap entry (see the kernel's `Documentation/admin-guide/mm/pagemap.rst`).
 const PRESENT: u64 = 1 << 63;
 const SWAPPED: u64 = 1 << 62;
 const FILE_OR_SHARED: u64 = 1 << 61;
+const EXCLUSIVE: u64 = 1 << 56;
 
 /// Copies `src` (the parent's memory) over `dst` (the child's, same length or longer).
 pub(crate) fn copy_for_fork(src: &[u8], dst: &mut [u8]) {
     let dst = &mut dst[..src.len()];
     match written_pages(src) {
         Some((page, written)) => {
+            // Copied without comparing: reading the child's page first would fault the
+            // image's page in, which costs more than the copy (measured: fork p50 13 vs 21 ms
+            // lite, 22 vs 31 ms full).
             for (i, w) in written.iter().enumerate() {
                 if *w {
                     let range = i * page..((i + 1) * page).min(src.len());
@@ -29,8 +33,10 @@ pub(crate) fn copy_for_fork(src: &[u8], dst: &mut [u8]) {
     }
 }
 
-/// For each page of `mem`: whether this process holds its own written copy of it (present or
-/// swapped, and neither file-backed nor shared). `None` when that cannot be known.
+/// For each page of `mem`: whether this process holds its own written copy of it: swapped
+/// out, or present, mapped only here, and neither file-backed nor shared (a page that was
+/// only read is the shared zero page or the image's page, and is skipped). `None` when
+/// that cannot be known.
 #[cfg(not(target_os = "linux"))]
 fn written_pages(_mem: &[u8]) -> Option<(usize, Vec<bool>)> {
     None
@@ -54,7 +60,8 @@ fn written_pages(mem: &[u8]) -> Option<(usize, Vec<bool>)> {
         .chunks_exact(8)
         .map(|e| {
             let e = u64::from_le_bytes(e.try_into().expect("8 bytes"));
-            e & (PRESENT | SWAPPED) != 0 && e & FILE_OR_SHARED == 0
+            let own = e & PRESENT != 0 && e & EXCLUSIVE != 0;
+            (own || e & SWAPPED != 0) && e & FILE_OR_SHARED == 0
         })
         .collect();
     Some((page, written))
