@@ -826,17 +826,9 @@ impl Interp for LiteInterp {
         match r {
             Ok(res) => res,
             Err(e) => {
-                // Stuck outside wasm (a host tool that never returns): leave that thread behind
-                // and start over on a new one.
-                let old = std::mem::replace(
-                    &mut self.worker,
-                    match Self::spawn(&self.inner, self.tools.clone(), self.limits.clone()) {
-                        Ok(w) => w,
-                        Err(e2) => return failed_exec(e2, started),
-                    },
-                );
-                old.abandon();
-                failed_exec(e, started)
+                let (inner, tools, limits) = (&self.inner, self.tools.clone(), self.limits.clone());
+                self.worker
+                    .replace_stuck(|| Self::spawn(inner, tools, limits), e, started)
             }
         }
     }

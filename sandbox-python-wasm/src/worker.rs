@@ -79,6 +79,23 @@ impl<I: Send + 'static> Worker<I> {
         }
     }
 
+    /// For an exec whose worker did not answer in time (stuck outside wasm, e.g. in a host
+    /// tool that never returns): leaves that thread behind, puts a new worker from `spawn`
+    /// in its place and reports the exec as failed with `err`.
+    pub(crate) fn replace_stuck(
+        &mut self,
+        spawn: impl FnOnce() -> Result<Self>,
+        err: crate::SandboxError,
+        started: std::time::Instant,
+    ) -> crate::ExecResult {
+        let fresh = match spawn() {
+            Ok(w) => w,
+            Err(e2) => return crate::session::failed_exec(e2, started),
+        };
+        std::mem::replace(self, fresh).abandon();
+        crate::session::failed_exec(err, started)
+    }
+
     /// Lets the thread finish on its own, without waiting for it.
     pub(crate) fn abandon(mut self) {
         self.tx.take();

@@ -684,15 +684,7 @@ impl CandidateRunner {
     /// earliest member of a group that could still reach the largest size, or candidate 0
     /// while nothing has survived (its failure is then the observation).
     fn drop_needless_forks(&mut self) {
-        let keys: Vec<_> = self
-            .ran
-            .iter()
-            .map(|r| {
-                r.as_ref()
-                    .filter(|r| r.result.ok())
-                    .map(|r| outcome_key(&r.result))
-            })
-            .collect();
+        let keys = outcome_keys(&self.ran);
         let (_, votes) = vote(&self.ran);
         let best = votes.iter().copied().max().unwrap_or(0);
         let remaining = self.ended.iter().filter(|e| !**e).count();
@@ -716,17 +708,15 @@ impl CandidateRunner {
     /// largest group is bigger than any other group could grow even if every candidate
     /// still running joined it.
     pub fn decided(&self) -> bool {
-        let (_, votes) = vote(&self.ran);
+        let (winner, votes) = vote(&self.ran);
         let remaining = self.ended.iter().filter(|e| !**e).count();
-        let best = votes.iter().copied().max().unwrap_or(0);
+        let best = votes[winner];
         if best == 0 {
             return remaining == 0;
         }
-        let winner = votes.iter().position(|&v| v == best).unwrap_or(0);
-        let winning_key = self.ran[winner].as_ref().map(|r| outcome_key(&r.result));
+        let keys = outcome_keys(&self.ran);
         let other = (0..self.ran.len())
-            .filter(|&i| votes[i] > 0)
-            .filter(|&i| self.ran[i].as_ref().map(|r| outcome_key(&r.result)) != winning_key)
+            .filter(|&i| votes[i] > 0 && keys[i] != keys[winner])
             .map(|i| votes[i])
             .max()
             .unwrap_or(0);
@@ -774,10 +764,13 @@ fn answer_text(a: &small_agent_sandbox::FinalAnswer) -> String {
     }
 }
 
+/// Printed output, last expression's value, final answer's repr.
+type OutcomeKey = (String, Option<String>, Option<String>);
+
 /// What a candidate's code did, for voting: its printed output, the value of its last
 /// expression and its final answer (not the output alone: every `final_answer` call prints
 /// nothing, yet the answers differ).
-fn outcome_key(r: &ExecResult) -> (String, Option<String>, Option<String>) {
+fn outcome_key(r: &ExecResult) -> OutcomeKey {
     (
         r.output.clone(),
         r.value.clone(),
@@ -785,18 +778,22 @@ fn outcome_key(r: &ExecResult) -> (String, Option<String>, Option<String>) {
     )
 }
 
-/// Picks the winner: the largest group of candidates that parsed and ran with identical
-/// outcomes, the earliest group on ties; with no survivor, candidate 0 (its failure becomes
-/// the observation). Returns the winner and each candidate's group size.
-fn vote(ran: &[Option<Ran>]) -> (usize, Vec<usize>) {
-    let keys: Vec<Option<_>> = ran
-        .iter()
+/// Each candidate's outcome key, `None` for one that had no code, failed or has not run.
+fn outcome_keys(ran: &[Option<Ran>]) -> Vec<Option<OutcomeKey>> {
+    ran.iter()
         .map(|r| {
             r.as_ref()
                 .filter(|r| r.result.ok())
                 .map(|r| outcome_key(&r.result))
         })
-        .collect();
+        .collect()
+}
+
+/// Picks the winner: the largest group of candidates that parsed and ran with identical
+/// outcomes, the earliest group on ties; with no survivor, candidate 0 (its failure becomes
+/// the observation). Returns the winner and each candidate's group size.
+fn vote(ran: &[Option<Ran>]) -> (usize, Vec<usize>) {
+    let keys = outcome_keys(ran);
     let votes: Vec<usize> = keys
         .iter()
         .map(|k| match k {
