@@ -773,8 +773,9 @@ impl<'m> Session<'m> {
         // evaluation per position: the token goes into the batch once, tagged with every
         // member's sequence, so each member's sequence still holds its whole history and
         // samples from the same logits it would have got alone. At the paper's temperature
-        // most positions leave all eight candidates on the same token, so this saves most of
-        // the batch without changing any candidate's text. Group ids are renumbered per step.
+        // candidates often draw the same tokens (8 candidates on the agent's HotpotQA and MATH
+        // questions averaged 1.6 to 6.8 distinct sequences per position), and no candidate's
+        // text changes. Group ids are renumbered per step.
         let mut group = vec![0usize; n];
         let (mut positions, mut evaluated) = (0usize, 0usize);
         let mut cancelled = false;
