@@ -30,6 +30,8 @@ fn every_command_has_help() {
         vec!["bench", "--help"],
         vec!["bench", "llm", "--help"],
         vec!["bench", "parallel", "--help"],
+        vec!["bench", "sag", "--help"],
+        vec!["bench", "agent", "--help"],
         vec!["bench", "sandbox", "--help"],
         vec!["bench", "index", "--help"],
         vec!["python", "--help"],
@@ -463,6 +465,56 @@ fn bench_parallel_reports_the_step_ratio() {
     for k in ["single_ms", "parallel_ms", "ratio"] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
     }
+}
+
+#[test]
+fn bench_sag_json_times_one_step_both_ways_per_question() {
+    crate::default_model_path();
+    let questions = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/hipporag-samples/hotpotqa_train.json");
+    let out = cmd()
+        .args([
+            "bench",
+            "sag",
+            "--limit",
+            "1",
+            "-n",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+        ])
+        .arg("--questions")
+        .arg(&questions)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_of(&out);
+    assert_eq!(
+        (v["n"].as_u64(), v["questions"].as_u64()),
+        (Some(2), Some(1)),
+        "{v}"
+    );
+    let row = &v["rows"][0];
+    for side in ["single", "sag"] {
+        let t = &row[side];
+        let parts = t["prompt_ms"].as_f64().unwrap()
+            + t["gen_ms"].as_f64().unwrap()
+            + t["exec_ms"].as_f64().unwrap();
+        assert!(
+            (t["total_ms"].as_f64().unwrap() - parts).abs() < 1e-6,
+            "{side}: {v}"
+        );
+        assert!(t["total_ms"].as_f64().unwrap() > 0.0, "{side}: {v}");
+    }
+    let ratio = v["ratio"].as_f64().unwrap();
+    let expect =
+        row["sag"]["total_ms"].as_f64().unwrap() / row["single"]["total_ms"].as_f64().unwrap();
+    assert!((ratio - expect).abs() < 1e-9, "{v}");
 }
 
 #[test]
