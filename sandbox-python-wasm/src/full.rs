@@ -428,9 +428,6 @@ pub(crate) struct FullInterp {
     limits: Limits,
 }
 
-/// Extra wait past the exec timeout before the host gives up on the worker thread.
-const HOST_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl FullInterp {
     pub(crate) fn open(
         inner: &Arc<FullInner>,
@@ -505,7 +502,7 @@ impl Interp for FullInterp {
                 res.duration = started.elapsed();
                 res
             },
-            Some(limits.timeout + HOST_GRACE),
+            Some(limits.timeout + crate::worker::HOST_GRACE),
         );
         match r {
             Ok(res) => res,

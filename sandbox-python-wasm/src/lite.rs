@@ -42,9 +42,6 @@ use wasmtime::{
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::WasiCtxBuilder;
 
-/// Extra wait past the exec timeout before the host gives up on a guest that neither answered
-/// nor trapped (e.g. stuck inside a slow host tool).
-const GRACE: Duration = Duration::from_secs(5);
 /// The `os._exit` status that parks the interpreter (`_PARK_EXIT` in driver.py).
 const PARK_EXIT: i32 = 0x7061_726B;
 /// Wall-clock budget of the template's boot (interpreter start and driver load).
@@ -821,7 +818,7 @@ impl Interp for LiteInterp {
                 res.duration = started.elapsed();
                 res
             },
-            Some(limits.timeout + GRACE),
+            Some(limits.timeout + crate::worker::HOST_GRACE),
         );
         match r {
             Ok(res) => res,

@@ -11,6 +11,10 @@ use std::thread::JoinHandle;
 /// Native stack of a guest thread: the wasm stack plus room for host frames.
 pub(crate) const GUEST_THREAD_STACK: usize = crate::limits::WASM_STACK_BYTES * 4;
 
+/// Extra wait past an exec's timeout before the host gives up on a worker whose guest neither
+/// answered nor trapped (e.g. stuck inside a slow host tool), in both back-ends.
+pub(crate) const HOST_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 type Job<I> = Box<dyn FnOnce(&mut I) + Send>;
 
 pub(crate) struct Worker<I: Send + 'static> {

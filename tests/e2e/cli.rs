@@ -335,11 +335,9 @@ fn python_runs_code_in_the_sandbox() {
     assert_eq!(v["error"]["type_name"], "ZeroDivisionError", "{v}");
 }
 
-#[test]
-fn lite_python_imports_sympy_from_the_fetched_wheels() {
-    // The wheels are assets like any other: fetched by name, verified, then mounted
-    // read-only by the lite interpreter.
-    let fetched = cmd()
+/// `models fetch` of the lite interpreter and its sympy/mpmath wheels (idempotent).
+fn fetch_lite_interpreter() -> std::process::Output {
+    cmd()
         .args([
             "models",
             "fetch",
@@ -348,7 +346,14 @@ fn lite_python_imports_sympy_from_the_fetched_wheels() {
             "lite-mpmath",
         ])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn lite_python_imports_sympy_from_the_fetched_wheels() {
+    // The wheels are assets like any other: fetched by name, verified, then mounted
+    // read-only by the lite interpreter.
+    let fetched = fetch_lite_interpreter();
     assert!(
         fetched.status.success(),
         "{}",
@@ -374,16 +379,7 @@ fn lite_python_imports_sympy_from_the_fetched_wheels() {
 #[test]
 fn ask_with_several_candidates_runs_them_on_lite_interpreter_forks() {
     crate::default_model_path();
-    let fetched = cmd()
-        .args([
-            "models",
-            "fetch",
-            "python-wasm-lite",
-            "lite-sympy",
-            "lite-mpmath",
-        ])
-        .output()
-        .unwrap();
+    let fetched = fetch_lite_interpreter();
     assert!(fetched.status.success());
     let out = cmd()
         .args([

@@ -102,13 +102,12 @@ pub fn run(a: BenchSagArgs) -> Result<ExitCode> {
     let model = a.model.load()?;
     // Both agents sample alike (the paper's SAG temperature and top-p, same seed), so the
     // single candidate is the SAG step's candidate 0 and the difference is the other N-1.
-    let sag_config = AgentConfig {
+    let mut sag_config = AgentConfig {
         max_steps: 1,
         grammar: Some(STEP_GRAMMAR.to_owned()),
         ..AgentConfig::default()
     }
     .with_sag(a.n.max(2));
-    let mut sag_config = sag_config;
     sag_config.sampling.seed = a.seed;
     let single_config = AgentConfig {
         sag: 1,
