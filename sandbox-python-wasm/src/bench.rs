@@ -75,9 +75,12 @@ pub struct BenchReport {
     pub flavour: &'static str,
     /// Time to obtain the compiled module when the back-end was loaded, and from where.
     pub module_load: (crate::ModuleSource, Duration),
-    /// The first `open` of the run. For the lite flavour this also boots the back-end's parked
-    /// template when no session was opened before in the process.
+    /// The first `open` of the run. For the lite flavour this also makes the back-end's parked
+    /// template when no session was opened before: restored from the cache dir's snapshot, or
+    /// booted (and saved) when there is none yet; `first_session_template` says which.
     pub first_session: Duration,
+    /// Lite: where the template of the first session came from (None: full, or made earlier).
+    pub first_session_template: Option<crate::TemplateSource>,
     /// Opening a new session after the first (full: instance + driver boot; lite: a fork of
     /// the parked template + its configuration turn).
     pub cold_session: Stats,
@@ -117,12 +120,12 @@ impl std::fmt::Display for BenchReport {
             };
             writeln!(f, "{:<28} {:>12} {:>12} {:>8}", name, opt(s), opt(n), r)
         };
-        row(
-            f,
-            "first session",
-            Some(self.first_session.as_secs_f64() * 1e3),
-            None,
-        )?;
+        let first = match self.first_session_template {
+            Some(crate::TemplateSource::Snapshot) => "first session (snapshot)",
+            Some(crate::TemplateSource::Booted) => "first session (booted)",
+            None => "first session",
+        };
+        row(f, first, Some(self.first_session.as_secs_f64() * 1e3), None)?;
         row(
             f,
             "cold session (p50)",
@@ -240,6 +243,11 @@ pub fn run(
     let t = Instant::now();
     drop(backend.open(SessionOptions::default())?);
     let first_session = t.elapsed();
+    // Only when this open made the template: otherwise it was a plain fork.
+    let first_session_template = match report.template_source {
+        None => backend.load_report().template_source,
+        Some(_) => None,
+    };
     let mut cold = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -340,6 +348,7 @@ pub fn run(
         flavour: backend.flavour().as_str(),
         module_load: (report.module_source, report.module_load),
         first_session,
+        first_session_template,
         cold_session: Stats::of(cold),
         idle_session_rss_mib,
         native_cold,

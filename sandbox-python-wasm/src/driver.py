@@ -220,6 +220,11 @@ def boot(config, send):
     for spec in config.get("tools", []):
         setattr(_main, spec["name"], _make_tool(spec))
     _main.final_answer = final_answer
+    # A lite template restored from disk carries the `random` state of the process that
+    # booted it (when the boot imported it): reseed from the host's entropy (WASI random_get).
+    _random = _sys.modules.get("random")
+    if _random is not None:
+        _random.seed()
     _builtins.__import__ = _guarded_import
     _builtins.__sandbox_step__ = step
     # The host's view of the guest's environment is empty; `os.environ` is what WASI gave.

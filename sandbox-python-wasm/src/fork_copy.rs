@@ -38,12 +38,12 @@ pub(crate) fn copy_for_fork(src: &[u8], dst: &mut [u8]) {
 /// only read is the shared zero page or the image's page, and is skipped). `None` when
 /// that cannot be known.
 #[cfg(not(target_os = "linux"))]
-fn written_pages(_mem: &[u8]) -> Option<(usize, Vec<bool>)> {
+pub(crate) fn written_pages(_mem: &[u8]) -> Option<(usize, Vec<bool>)> {
     None
 }
 
 #[cfg(target_os = "linux")]
-fn written_pages(mem: &[u8]) -> Option<(usize, Vec<bool>)> {
+pub(crate) fn written_pages(mem: &[u8]) -> Option<(usize, Vec<bool>)> {
     use std::os::unix::fs::FileExt;
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;

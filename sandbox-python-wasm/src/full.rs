@@ -194,6 +194,8 @@ impl FullInner {
             report: LoadReport {
                 module_source: source,
                 module_load: load_time,
+                template_source: None,
+                template_ready: None,
             },
         })
     }

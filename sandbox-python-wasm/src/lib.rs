@@ -9,7 +9,8 @@
 //!   pure-Python packages (sympy, mpmath) come from read-only site-packages entries.
 //!
 //! In both, a fork copies the interpreter's linear memory into a fresh instance; the lite
-//! back-end also opens every session but its first as a fork of one parked interpreter.
+//! back-end also opens every session as a fork of one parked interpreter, booted once and saved
+//! in the cache dir, from which later processes restore it instead of booting.
 //!
 //! The guest sees no host filesystem but the read-only stdlib/site-packages, no environment,
 //! no network and no processes (WASI preview 1 offers none of these unless granted). Each exec
@@ -42,6 +43,7 @@ mod full;
 mod limits;
 mod lite;
 mod lite_patch;
+mod lite_snapshot;
 mod result;
 mod session;
 mod site;
@@ -52,9 +54,10 @@ mod worker;
 pub use engine::{ModuleSource, WASMTIME_VERSION};
 pub use error::{Result, SandboxError};
 pub use limits::*;
+pub use lite_snapshot::SNAPSHOT_EXTENSION;
 pub use result::{ErrorKind, ExecResult, PyError};
 pub use session::{
     load_backend, Flavour, FullBackend, LiteBackend, LoadReport, PythonBackend, PythonRuntimeFiles,
-    Session, SessionOptions,
+    Session, SessionOptions, TemplateSource,
 };
 pub use tools::{FinalAnswer, ParamType, Tool, ToolCallback, ToolParam, Toolbox};

