@@ -236,7 +236,7 @@ impl std::fmt::Debug for AgentSession {
 
 impl AgentSession {
     /// A handle that cancels this session's current (or next) `ask` from any thread: the run
-    /// stops at the next generated token or sandbox epoch tick and ends with
+    /// stops at the next generated token or sandbox interrupt tick and ends with
     /// [`crate::agent::RunFailure::Cancelled`].
     pub fn canceller(&self) -> CancelFlag {
         self.cancel.clone()

@@ -506,7 +506,7 @@ pub unsafe extern "C" fn sa_session_free(session: *mut sa_session) {
 }
 
 /// Asks the session's running `sa_ask` to stop: it returns `SA_CANCELLED` after the next
-/// generated token or sandbox epoch tick (10 ms). Called while no ask runs, it cancels the
+/// generated token or sandbox interrupt tick (10 ms). Called while no ask runs, it cancels the
 /// next one. Callable from any thread.
 ///
 /// # Safety

@@ -1,5 +1,5 @@
-//! The process-wide wasmtime engine, its epoch ticker, per-exec deadlines, and the compiled
-//! module cache.
+//! The process-wide wasmtime engine, its interrupt ticker, per-exec deadlines, and the
+//! compiled module cache.
 
 use crate::{Result, SandboxError};
 use sha2::{Digest, Sha256};
@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::{Config, Engine, Module};
@@ -17,11 +17,12 @@ use wasmtime::{Config, Engine, Module};
 pub const WASMTIME_VERSION: &str = "48.0.8";
 
 /// One engine per process: compiled modules are tied to the engine that compiled them, and one
-/// epoch ticker serves every store.
+/// interrupt ticker serves every store.
 pub(crate) struct Shared {
     pub engine: Engine,
-    /// Execs currently running; the ticker sleeps when there are none.
-    active: AtomicUsize,
+    /// Deadlines of the calls running now; the ticker raises the flag of each that passes and
+    /// sleeps while there are none.
+    armed: Mutex<Vec<Deadline>>,
     ticker: OnceLock<std::thread::Thread>,
     base: Instant,
     modules: Mutex<HashMap<String, Module>>,
@@ -33,9 +34,11 @@ pub(crate) fn shared() -> Result<&'static Shared> {
     SHARED
         .get_or_init(|| {
             let mut c = Config::new();
-            // Epoch interruption costs a load and compare per loop back-edge and function entry,
-            // far cheaper than fuel, and is all a wall-clock limit needs.
-            c.epoch_interruption(true);
+            // No epoch interruption and no fuel: the modules carry their own interrupt check
+            // (`interrupt.rs`), which costs a pure-Python loop ~3% where epochs cost ~24%.
+            // The ticker writes the flag through a raw pointer into linear memory, which is
+            // sound only while memories stay where they were mapped.
+            c.memory_may_move(false);
             c.max_wasm_stack(crate::limits::WASM_STACK_BYTES);
             // wasmtime-wasi turns on the `async` feature, which requires the async stack to be
             // at least the wasm stack even though this crate only calls synchronously.
@@ -47,7 +50,7 @@ pub(crate) fn shared() -> Result<&'static Shared> {
             // session and by the ticker thread.
             let s: &'static Shared = Box::leak(Box::new(Shared {
                 engine,
-                active: AtomicUsize::new(0),
+                armed: Mutex::default(),
                 ticker: OnceLock::new(),
                 base: Instant::now(),
                 modules: Mutex::default(),
@@ -61,16 +64,36 @@ pub(crate) fn shared() -> Result<&'static Shared> {
         })
 }
 
-/// A per-store deadline, readable from the epoch callback on whatever thread runs the guest.
-/// A raised cancel flag counts as a deadline already passed.
+/// A per-store deadline and the guest's interrupt flag. A raised cancel flag counts as a
+/// deadline already passed.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Deadline(Arc<AtomicU64>, crate::CancelFlag);
+pub(crate) struct Deadline(Arc<DeadlineState>, crate::CancelFlag);
+
+#[derive(Debug)]
+struct DeadlineState {
+    /// Nanoseconds since [`Shared::base`] at which the running call must stop.
+    at: AtomicU64,
+    /// Address of the guest's interrupt flag word (0 until [`Deadline::bind`]).
+    flag: AtomicUsize,
+    /// Set when the ticker raised the flag for the current call.
+    fired: AtomicBool,
+}
+
+impl Default for DeadlineState {
+    fn default() -> Self {
+        Self {
+            at: AtomicU64::new(NO_DEADLINE),
+            flag: AtomicUsize::new(0),
+            fired: AtomicBool::new(false),
+        }
+    }
+}
 
 const NO_DEADLINE: u64 = u64::MAX;
 
 impl Deadline {
     pub(crate) fn new(cancel: crate::CancelFlag) -> Self {
-        Deadline(Arc::new(AtomicU64::new(NO_DEADLINE)), cancel)
+        Deadline(Arc::default(), cancel)
     }
 
     fn nanos(shared: &Shared) -> u64 {
@@ -78,20 +101,64 @@ impl Deadline {
     }
 
     pub(crate) fn passed(&self, shared: &Shared) -> bool {
-        self.1.is_raised() || Self::nanos(shared) >= self.0.load(Ordering::Relaxed)
+        self.1.is_raised() || Self::nanos(shared) >= self.0.at.load(Ordering::Relaxed)
+    }
+
+    /// Points this deadline at the interrupt flag of the store's instance, whose linear memory
+    /// starts at `memory_base`. The instance must have been built from a module rewritten by
+    /// [`crate::interrupt::insert_loop_checks`] (its flag word is checked to be clear), and the
+    /// memory must outlive every call armed with this deadline (it does: both belong to the
+    /// same store, and memories do not move, see [`shared`]).
+    pub(crate) fn bind(
+        &self,
+        memory: &wasmtime::Memory,
+        store: impl wasmtime::AsContext,
+    ) -> Result<()> {
+        let size = memory.data_size(&store);
+        let base = memory.data_ptr(&store) as usize;
+        let at = crate::interrupt::FLAG_ADDR as usize;
+        if size < at + 4 || memory.data(&store)[at..at + 4] != [0; 4] {
+            return Err(SandboxError::Boot(format!(
+                "the interpreter's memory at {at:#x} (the interrupt flag) is not clear"
+            )));
+        }
+        self.0.flag.store(base + at, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether the ticker interrupted the current (or last) call.
+    pub(crate) fn fired(&self) -> bool {
+        self.0.fired.load(Ordering::SeqCst)
+    }
+
+    fn write_flag(&self, value: u32) {
+        let addr = self.0.flag.load(Ordering::SeqCst);
+        if addr != 0 {
+            // SAFETY: `addr` is a 4-aligned word inside a live linear memory: set by `bind`
+            // from the store's memory, which does not move, and only written while the call
+            // armed with this deadline runs (the armed list's lock orders this write before
+            // the disarm that ends the call). The guest reads the word with plain loads; a
+            // racing guest load sees either value, both of which are correct.
+            unsafe { AtomicU32::from_ptr(addr as *mut u32) }.store(value, Ordering::SeqCst);
+        }
     }
 
     fn set(&self, shared: &Shared, timeout: Duration) {
         let at = Self::nanos(shared).saturating_add(timeout.as_nanos() as u64);
-        self.0.store(at, Ordering::Relaxed);
+        self.0.fired.store(false, Ordering::SeqCst);
+        self.write_flag(0);
+        self.0.at.store(at, Ordering::Relaxed);
     }
 
     fn clear(&self) {
-        self.0.store(NO_DEADLINE, Ordering::Relaxed);
+        self.0.at.store(NO_DEADLINE, Ordering::Relaxed);
+        // Code run later without a deadline (or by a fork copying this memory) must not see a
+        // raised flag.
+        self.write_flag(0);
     }
 }
 
-/// Arms `deadline` and keeps the ticker running until the guard drops.
+/// Arms `deadline` and keeps the ticker watching it until the guard drops.
 pub(crate) struct ArmedDeadline<'a> {
     shared: &'a Shared,
     deadline: &'a Deadline,
@@ -104,7 +171,12 @@ impl Shared {
         timeout: Duration,
     ) -> ArmedDeadline<'a> {
         deadline.set(self, timeout);
-        if self.active.fetch_add(1, Ordering::SeqCst) == 0 {
+        let first = {
+            let mut armed = lock(&self.armed);
+            armed.push(deadline.clone());
+            armed.len() == 1
+        };
+        if first {
             self.ticker_thread().unpark();
         }
         ArmedDeadline {
@@ -115,29 +187,45 @@ impl Shared {
 
     fn ticker_thread(&'static self) -> &'static std::thread::Thread {
         self.ticker.get_or_init(|| {
-            let engine = self.engine.clone();
             let shared = self;
             std::thread::Builder::new()
-                .name("sandbox-epoch".into())
+                .name("sandbox-interrupt".into())
                 .spawn(move || loop {
-                    if shared.active.load(Ordering::SeqCst) == 0 {
+                    if lock(&shared.armed).is_empty() {
                         std::thread::park_timeout(Duration::from_millis(500));
                         continue;
                     }
-                    std::thread::sleep(crate::limits::EPOCH_TICK);
-                    engine.increment_epoch();
+                    std::thread::sleep(crate::limits::INTERRUPT_TICK);
+                    for d in lock(&shared.armed).iter() {
+                        // Raised again at every tick: a guest that cleared the word (a stray
+                        // null-pointer store) is stopped at the next one.
+                        if d.passed(shared) {
+                            d.0.fired.store(true, Ordering::SeqCst);
+                            d.write_flag(1);
+                        }
+                    }
                 })
-                .expect("spawning the epoch ticker")
+                .expect("spawning the interrupt ticker")
                 .thread()
                 .clone()
         })
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Drop for ArmedDeadline<'_> {
     fn drop(&mut self) {
+        let mut armed = lock(&self.shared.armed);
+        if let Some(i) = armed
+            .iter()
+            .position(|d| Arc::ptr_eq(&d.0, &self.deadline.0))
+        {
+            armed.swap_remove(i);
+        }
         self.deadline.clear();
-        self.shared.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

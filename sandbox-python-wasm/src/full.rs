@@ -57,7 +57,7 @@ impl crate::wasi_shadow::HasDeadline for FullState {
     }
 }
 
-/// The timeout marker carried through wasmtime's error from the epoch callback.
+/// The timeout marker carried through wasmtime's error from a host call that saw the deadline.
 #[derive(Debug)]
 pub(crate) struct TimedOut;
 impl std::fmt::Display for TimedOut {
@@ -164,8 +164,16 @@ impl FullInner {
         cache_dir: Option<&Path>,
     ) -> Result<Self> {
         let shared = engine::shared()?;
-        let (module, source, load_time) =
-            engine::load_module(shared, wasm, wasm_sha256, cache_dir, None)?;
+        let (module, source, load_time) = engine::load_module(
+            shared,
+            wasm,
+            wasm_sha256,
+            cache_dir,
+            Some(&engine::Rewrite {
+                tag: crate::interrupt::TAG,
+                apply: crate::interrupt::insert_loop_checks,
+            }),
+        )?;
         check_exports(&module, wasm)?;
         let zip_sha = engine::file_tag(stdlib_zip)?;
         let stdlib_dir = stdlib_dir(stdlib_zip, &zip_sha, cache_dir)?;
@@ -236,15 +244,6 @@ impl FullInner {
         };
         let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.limits);
-        let shared = self.shared;
-        store.epoch_deadline_callback(move |ctx| {
-            if ctx.data().deadline.passed(shared) {
-                Err(wasmtime::Error::new(TimedOut))
-            } else {
-                Ok(wasmtime::UpdateDeadline::Continue(1))
-            }
-        });
-        store.set_epoch_deadline(1);
         Ok(store)
     }
 
@@ -284,6 +283,7 @@ impl FullInner {
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| SandboxError::Boot("no memory export".into()))?;
+        store.data().deadline.clone().bind(&memory, &store)?;
         if let Some(init) = instance.get_func(&mut store, "_initialize") {
             // The plain (non-snapshot) reactor initialises CPython here; the snapshot already has.
             let init: TypedFunc<(), ()> = init
@@ -334,8 +334,18 @@ pub(crate) struct FullInstance {
     stale: bool,
 }
 
-fn classify(err: wasmtime::Error) -> CallEnd {
-    if err.downcast_ref::<TimedOut>().is_some() {
+/// Whether `err` is the deadline: a host call's [`TimedOut`], or the `unreachable` of the
+/// inserted interrupt check while the flag was raised.
+pub(crate) fn is_timeout(err: &wasmtime::Error, interrupted: bool) -> bool {
+    let flag_trap =
+        err.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::UnreachableCodeReached);
+    err.downcast_ref::<TimedOut>().is_some() || (interrupted && flag_trap)
+}
+
+/// What ended a call that failed. `interrupted`: the ticker raised the interrupt flag during
+/// the call, so the `unreachable` trap of the inserted check is the deadline.
+pub(crate) fn classify(err: wasmtime::Error, interrupted: bool) -> CallEnd {
+    if is_timeout(&err, interrupted) {
         return CallEnd::Timeout;
     }
     if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
@@ -365,10 +375,9 @@ impl FullInstance {
         let deadline = self.store.data().deadline.clone();
         let end = {
             let _armed = self.inner.shared.arm(&deadline, limits.timeout);
-            self.store.set_epoch_deadline(1);
             match self.call_turn(source.as_bytes()) {
                 Ok(_) => CallEnd::Returned,
-                Err(e) => classify(e),
+                Err(e) => classify(e, deadline.fired()),
             }
         };
         let st = std::mem::take(&mut self.store.data_mut().exec);

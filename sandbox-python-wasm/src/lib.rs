@@ -14,7 +14,7 @@
 //!
 //! The guest sees no host filesystem but the read-only stdlib/site-packages, no environment,
 //! no network and no processes (WASI preview 1 offers none of these unless granted). Each exec
-//! runs under a wall-clock deadline (epoch interruption), the instance under a memory cap
+//! runs under a wall-clock deadline (an interrupt flag tested at every loop head), the instance under a memory cap
 //! (store limits); a timeout or trap replaces the interpreter and says so in the result.
 //!
 //! ```no_run
@@ -40,6 +40,7 @@ mod engine;
 mod error;
 mod fork_copy;
 mod full;
+pub mod interrupt;
 mod limits;
 mod lite;
 mod lite_patch;

@@ -7,7 +7,7 @@ use std::sync::{
 };
 use std::time::Duration;
 
-/// Wall-clock budget of one `exec`, enforced by wasmtime's epoch interruption.
+/// Wall-clock budget of one `exec`, enforced by the interrupt flag (`interrupt.rs`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Linear-memory cap of one interpreter instance (512 MiB), enforced by store limits.
 pub const DEFAULT_MEMORY_BYTES: usize = 512 << 20;
@@ -22,8 +22,9 @@ pub const MAX_FRAME_BYTES: usize = 4 << 20;
 /// wasm stack given to the interpreter; CPython's C recursion needs more than wasmtime's
 /// 512 KiB default, and a deep-recursion snippet must end in `RecursionError`, not a trap.
 pub const WASM_STACK_BYTES: usize = 8 << 20;
-/// How often the epoch ticker advances; the timeout's resolution.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the interrupt ticker checks the running calls' deadlines; the timeout's
+/// resolution.
+pub const INTERRUPT_TICK: Duration = Duration::from_millis(10);
 /// Marker appended to truncated output. `{}` is replaced by the number of dropped characters.
 pub const TRUNCATION_MARKER: &str = "\n[output truncated: {} more characters not shown]";
 
@@ -60,13 +61,13 @@ pub struct Limits {
     pub max_tool_calls: usize,
     /// Importable modules (a name allows its submodules too); `None` allows every import.
     pub allowed_imports: Option<Vec<String>>,
-    /// Raised by another thread to stop the running exec at the next epoch tick. Fixed when
+    /// Raised by another thread to stop the running exec at the next interrupt tick. Fixed when
     /// the session opens (forks share it).
     pub cancel: CancelFlag,
 }
 
 /// A flag any thread may raise to stop a session's execs: the running one ends at the next
-/// epoch tick ([`EPOCH_TICK`]) with [`crate::ErrorKind::Cancelled`], and so does every exec
+/// interrupt tick ([`INTERRUPT_TICK`]) with [`crate::ErrorKind::Cancelled`], and so does every exec
 /// started while it stays raised. Clones share the flag; two limits are equal only when they
 /// share it.
 #[derive(Debug, Clone, Default)]

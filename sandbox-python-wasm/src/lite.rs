@@ -26,7 +26,6 @@
 
 use crate::capture::{encode_frame, FrameSink, OutputCapture, QueueStdin, SinkEvent};
 use crate::engine::{self, Deadline, Shared};
-use crate::full::TimedOut;
 use crate::lite_snapshot::{SnapshotError, SnapshotKey};
 use crate::result::{assemble, CallEnd, ExecResult};
 use crate::session::{boot_config, failed_exec, Interp, LoadReport, TemplateSource};
@@ -486,15 +485,6 @@ impl LiteInner {
         };
         let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.limits);
-        let shared = self.shared;
-        store.epoch_deadline_callback(move |ctx| {
-            if ctx.data().deadline.passed(shared) {
-                Err(wasmtime::Error::new(TimedOut))
-            } else {
-                Ok(wasmtime::UpdateDeadline::Continue(1))
-            }
-        });
-        store.set_epoch_deadline(1);
         Ok((store, io, capture))
     }
 
@@ -513,6 +503,7 @@ impl LiteInner {
         let table = instance
             .get_table(&mut *store, crate::lite_patch::TABLE_EXPORT)
             .ok_or_else(|| missing(crate::lite_patch::TABLE_EXPORT))?;
+        store.data().deadline.clone().bind(&memory, &*store)?;
         Ok(Exports {
             instance,
             memory,
@@ -577,7 +568,7 @@ impl LiteInner {
                 )))
             }
             Err(e) => {
-                let why = match classify(e) {
+                let why = match classify(e, store.data().deadline.fired()) {
                     CallEnd::Timeout => "timed out".to_string(),
                     CallEnd::Trapped(m) => m,
                     CallEnd::Returned => String::new(),
@@ -789,8 +780,9 @@ struct Exports {
     table: Table,
 }
 
-fn classify(err: wasmtime::Error) -> CallEnd {
-    if err.downcast_ref::<TimedOut>().is_some() {
+/// What ended a call that failed; `interrupted` as in [`crate::full::classify`].
+fn classify(err: wasmtime::Error, interrupted: bool) -> CallEnd {
+    if crate::full::is_timeout(&err, interrupted) {
         return CallEnd::Timeout;
     }
     if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
@@ -841,7 +833,6 @@ impl LiteInstance {
                 let shared = self.store.data().shared;
                 let deadline = self.store.data().deadline.clone();
                 let _armed = shared.arm(&deadline, limits.timeout);
-                self.store.set_epoch_deadline(1);
                 self.call()
             }
         };
@@ -856,7 +847,7 @@ impl LiteInstance {
         }
         let args = (p.module as i32, (p.args + TUPLE_ITEMS) as i32, 2);
         match self.entry.call(&mut self.store, args) {
-            Err(e) => classify(e),
+            Err(e) => classify(e, self.store.data().deadline.fired()),
             // NULL: the call raised past `lite_turn`, leaving an exception set.
             Ok(0) => {
                 CallEnd::Trapped("the sandbox driver's turn failed inside the interpreter".into())

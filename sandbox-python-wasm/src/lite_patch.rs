@@ -23,7 +23,7 @@ use wasmparser::{ExternalKind, Operator, Parser, Payload, TypeRef, ValType};
 
 /// Changes whenever the rewrite does: it is part of the compiled-module cache key, so a cached
 /// compile of the plain module (or of an older rewrite) is never taken for this one.
-pub(crate) const PATCH_TAG: &str = "lite-park-v1";
+pub(crate) const PATCH_TAG: &str = "lite-park-v1+loop-flag-v1";
 /// Export name of the shadow-stack pointer (wasm-ld's own name for it).
 pub(crate) const SP_EXPORT: &str = "__stack_pointer";
 /// Export name of the function table (wasm-ld's name when asked to export it).
@@ -46,9 +46,11 @@ fn wrong(path: &Path, reason: impl Into<String>) -> SandboxError {
     }
 }
 
-/// The rewritten module. `path` only names the module in errors.
+/// The rewritten module, with the interrupt check at every loop head as well
+/// ([`crate::interrupt`]). `path` only names the module in errors.
 pub(crate) fn patch(wasm: &[u8], path: &Path) -> Result<Vec<u8>> {
-    patch_with_info(wasm, path).map(|(bytes, _)| bytes)
+    let (bytes, _) = patch_with_info(wasm, path)?;
+    crate::interrupt::insert_loop_checks(&bytes, path)
 }
 
 pub(crate) fn patch_with_info(wasm: &[u8], path: &Path) -> Result<(Vec<u8>, PatchInfo)> {

@@ -110,9 +110,6 @@ pub(crate) fn precompile(
         .spawn(move || -> std::result::Result<i32, String> {
             let mut store = Store::new(&shared.engine, state);
             store.limiter(|s| &mut s.limits);
-            // Trusted code with no deadline: the epoch callback only keeps it running.
-            store.epoch_deadline_callback(|_| Ok(wasmtime::UpdateDeadline::Continue(1000)));
-            store.set_epoch_deadline(1000);
             let inst = pre.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
             let start: TypedFunc<(), ()> = inst
                 .get_typed_func(&mut store, "_start")

@@ -1,6 +1,6 @@
 //! A replacement for WASI's `poll_oneoff`.
 //!
-//! wasmtime's own implementation sleeps inside the host call, where epoch interruption cannot
+//! wasmtime's own implementation sleeps inside the host call, where the interrupt flag cannot
 //! reach: `time.sleep(3600)` would hold the exec (and the host thread) for an hour whatever the
 //! timeout. This one sleeps in short slices and stops the guest once its deadline has passed.
 //! A sandboxed interpreter has no sockets or pipes worth waiting on, so file-descriptor

@@ -404,7 +404,7 @@ fn cancel_before_during_and_after_a_run() {
 }
 
 #[test]
-fn cancel_stops_code_that_loops_forever_at_the_next_epoch() {
+fn cancel_stops_code_that_loops_forever_at_the_next_tick() {
     // The sandbox side of sa_cancel: a snippet that never ends is stopped by the flag well
     // before its 10 s timeout.
     let backend = small_agent::assets::python_backend(small_agent_sandbox::Flavour::Full).unwrap();

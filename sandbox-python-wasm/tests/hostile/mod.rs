@@ -185,6 +185,13 @@ fn cases(flavour: Flavour) -> Vec<(&'static str, String, Check)> {
             none_value,
         ),
         ("busy loop", s("while True:\n    pass"), timeout),
+        // Loops inside C code (no bytecode runs): stopped by the flag test at their loop heads.
+        ("C-level loop in sum()", s("sum(range(10**15))"), timeout),
+        (
+            "catastrophic regex backtracking",
+            s("import re\nre.match('(a+)+$', 'a' * 64 + 'b')"),
+            timeout,
+        ),
         (
             "sleep past deadline",
             s("import time\ntime.sleep(3600)"),
