@@ -176,7 +176,7 @@ sa_status sa_session_new(const sa_runtime *runtime,
 void sa_session_free(sa_session *session);
 
 // Asks the session's running `sa_ask` to stop: it returns `SA_CANCELLED` after the next
-// generated token or sandbox epoch tick (10 ms). Called while no ask runs, it cancels the
+// generated token or sandbox interrupt tick (10 ms). Called while no ask runs, it cancels the
 // next one. Callable from any thread.
 //
 // # Safety
