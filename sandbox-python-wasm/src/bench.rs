@@ -50,22 +50,34 @@ impl Stats {
     }
 }
 
+/// Rounds of the CPU-bound snippets. Each round times a snippet in the sandbox and then in
+/// native CPython, back to back; the ratio reported is the median of the rounds' ratios, so
+/// that the machine's drift between minutes (seen: ±6% on the native side) cancels out.
+pub const CPU_ROUNDS: usize = 5;
+
 /// One CPU-bound snippet's timing in both interpreters.
 #[derive(Debug, Clone)]
 pub struct CpuRow {
     /// Snippet name.
     pub name: String,
-    /// Sandbox p50.
+    /// Sandbox: median over rounds of each round's p50.
     pub sandbox_ms: Option<f64>,
-    /// Native p50 (None when native Python lacks the package).
+    /// Native: the same (None when native Python lacks the package).
     pub native_ms: Option<f64>,
+    /// Each round's sandbox p50 / native p50.
+    pub round_ratios: Vec<f64>,
 }
 
 impl CpuRow {
-    /// sandbox / native.
+    /// sandbox / native: the median of the rounds' ratios.
     pub fn ratio(&self) -> Option<f64> {
-        Some(self.sandbox_ms? / self.native_ms?)
+        median(self.round_ratios.clone())
     }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
 }
 
 /// Everything the benchmark measured.
@@ -149,7 +161,23 @@ impl std::fmt::Display for BenchReport {
             writeln!(f, "{:<28} {:>12.1}", "idle session RSS (MiB)", mib)?;
         }
         for c in &self.cpu {
-            row(f, &c.name, c.sandbox_ms, c.native_ms)?;
+            let spread = match (
+                c.round_ratios.iter().copied().reduce(f64::min),
+                c.round_ratios.iter().copied().reduce(f64::max),
+            ) {
+                (Some(lo), Some(hi)) => {
+                    format!("  ({} rounds: {lo:.2}–{hi:.2})", c.round_ratios.len())
+                }
+                _ => String::new(),
+            };
+            writeln!(
+                f,
+                "{:<28} {:>12} {:>12} {:>8}{spread}",
+                c.name,
+                opt(c.sandbox_ms),
+                opt(c.native_ms),
+                opt(c.ratio()).trim_end_matches('0').trim_end_matches('.'),
+            )?;
         }
         Ok(())
     }
@@ -180,55 +208,88 @@ fn idle_rss(backend: &dyn PythonBackend) -> Result<Option<f64>> {
     Ok(after.map(|a| a.saturating_sub(before) as f64 / N as f64 / (1u64 << 20) as f64))
 }
 
-/// Native timings from one `python3` subprocess: each snippet's setup, then its body timed
-/// `reps` times with `perf_counter`; prints one line per snippet: `name<TAB>ms|NA`.
-fn native_harness(reps: usize) -> String {
-    let snippets: Vec<serde_json::Value> = CPU_SNIPPETS
-        .iter()
-        .map(|(n, s, b)| serde_json::json!([n, s, b]))
-        .chain(std::iter::once(serde_json::json!([
-            "print(1)", "", "print(1)"
-        ])))
-        .collect();
-    format!(
-        r#"import json, time, sys, io
-snips = json.loads({snips})
-for name, setup, body in snips:
-    g = {{}}
-    try:
-        exec(setup, g)
-    except Exception:
-        print(name + "\tNA"); continue
-    code = compile(body, "<bench>", "exec")
+/// A native CPython kept running for the whole benchmark: it reads `INDEX REPS` lines (an index
+/// into [`CPU_SNIPPETS`], or one past its end for `print(1)`), runs that snippet's setup the
+/// first time, times its body `REPS` times with `perf_counter` and answers with the p50 in
+/// milliseconds, or `NA` when the setup failed (e.g. numpy missing).
+struct NativePython {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+const NATIVE_HARNESS: &str = r#"import json, time, sys, io
+snips = json.loads(sys.argv[1])
+envs = {}
+for line in sys.stdin:
+    i, reps = map(int, line.split())
+    name, setup, body = snips[i]
+    if i not in envs:
+        g = {}
+        try:
+            exec(setup, g)
+            envs[i] = (g, compile(body, "<bench>", "exec"))
+        except Exception:
+            envs[i] = None
+    if envs[i] is None:
+        print("NA", flush=True); continue
+    g, code = envs[i]
     ts = []
-    for _ in range({reps}):
+    for _ in range(reps):
         out, sys.stdout = sys.stdout, io.StringIO()
         t = time.perf_counter(); exec(code, g); ts.append(time.perf_counter() - t)
         sys.stdout = out
     ts.sort()
-    print(name + "\t" + str(ts[len(ts)//2] * 1e3))
-"#,
-        snips = crate::session::py_str(&serde_json::Value::Array(snippets).to_string()),
-        reps = reps
-    )
+    print(ts[len(ts) // 2] * 1e3, flush=True)
+"#;
+
+/// Index of `print(1)` in the native harness's list.
+const NATIVE_PRINT: usize = CPU_SNIPPETS.len();
+
+impl NativePython {
+    fn start(python3: &Path) -> Option<Self> {
+        use std::process::Stdio;
+        let snippets: Vec<serde_json::Value> = CPU_SNIPPETS
+            .iter()
+            .map(|(n, s, b)| serde_json::json!([n, s, b]))
+            .chain(std::iter::once(serde_json::json!([
+                "print(1)", "", "print(1)"
+            ])))
+            .collect();
+        let mut child = Command::new(python3)
+            .arg("-c")
+            .arg(NATIVE_HARNESS)
+            .arg(serde_json::Value::Array(snippets).to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let stdin = child.stdin.take()?;
+        let stdout = std::io::BufReader::new(child.stdout.take()?);
+        Some(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// p50 of `reps` runs of snippet `index`; None when it cannot run natively.
+    fn time(&mut self, index: usize, reps: usize) -> Option<f64> {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{index} {reps}").ok()?;
+        self.stdin.flush().ok()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).ok()?;
+        line.trim().parse().ok()
+    }
 }
 
-fn run_native(python3: &Path, reps: usize) -> Option<Vec<(String, Option<f64>)>> {
-    let out = Command::new(python3)
-        .arg("-c")
-        .arg(native_harness(reps))
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
+impl Drop for NativePython {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('\t'))
-            .map(|(n, v)| (n.to_string(), v.parse().ok()))
-            .collect(),
-    )
 }
 
 /// Runs the benchmark. `python3` is the native interpreter to compare with (None skips the
@@ -270,40 +331,7 @@ pub fn run(
         warm.push(r.duration);
     }
     let cpu_reps = (reps / 20).max(3);
-    let mut cpu = Vec::new();
-    for (name, setup, body) in CPU_SNIPPETS {
-        let ok = session.exec(setup).ok();
-        let mut ts = Vec::new();
-        if ok {
-            for _ in 0..cpu_reps {
-                let r = session.exec(body);
-                if !r.ok() {
-                    break;
-                }
-                ts.push(r.duration);
-            }
-        }
-        cpu.push(CpuRow {
-            name: name.to_string(),
-            sandbox_ms: (ts.len() == cpu_reps).then(|| Stats::of(ts).p50_ms),
-            native_ms: None,
-        });
-    }
-    let fork = match session.fork() {
-        Ok(first) => {
-            drop(first);
-            let mut ts = Vec::new();
-            for _ in 0..8 {
-                let t = Instant::now();
-                let f = session.fork()?;
-                ts.push(t.elapsed());
-                drop(f);
-            }
-            Some(Stats::of(ts))
-        }
-        Err(_) => None,
-    };
-    let (mut native_cold, mut native_warm) = (None, None);
+    let (mut native_cold, mut native_warm, mut native) = (None, None, None);
     // Resolve launchers (pyenv shims, wrappers) to the interpreter itself, so that the cold
     // start compares interpreters, not shell scripts.
     let resolved = python3.and_then(|py| {
@@ -330,20 +358,62 @@ pub fn run(
         if !ts.is_empty() {
             native_cold = Some(Stats::of(ts));
         }
-        if let Some(rows) = run_native(py, cpu_reps) {
-            for (name, v) in rows {
-                if name == "print(1)" {
-                    native_warm = v.map(|ms| Stats {
-                        p50_ms: ms,
-                        p90_ms: ms,
-                        n: cpu_reps,
-                    });
-                } else if let Some(c) = cpu.iter_mut().find(|c| c.name == name) {
-                    c.native_ms = v;
-                }
-            }
+        native = NativePython::start(py);
+        if let Some(n) = native.as_mut() {
+            native_warm = n.time(NATIVE_PRINT, cpu_reps).map(|ms| Stats {
+                p50_ms: ms,
+                p90_ms: ms,
+                n: cpu_reps,
+            });
         }
     }
+    let mut cpu = Vec::new();
+    // Each snippet's setup runs just before it, in the same order as in the native harness, so
+    // both interpreters hold the same modules when a snippet is timed.
+    for (i, (name, setup, body)) in CPU_SNIPPETS.iter().enumerate() {
+        let setup_ok = session.exec(setup).ok();
+        let (mut sandbox_p50s, mut native_p50s, mut round_ratios) = (vec![], vec![], vec![]);
+        for _ in 0..CPU_ROUNDS {
+            let mut ts = Vec::new();
+            if setup_ok {
+                for _ in 0..cpu_reps {
+                    let r = session.exec(body);
+                    if !r.ok() {
+                        break;
+                    }
+                    ts.push(r.duration);
+                }
+            }
+            let sandbox = (ts.len() == cpu_reps).then(|| Stats::of(ts).p50_ms);
+            let nat = native.as_mut().and_then(|n| n.time(i, cpu_reps));
+            sandbox_p50s.extend(sandbox);
+            native_p50s.extend(nat);
+            if let (Some(s), Some(n)) = (sandbox, nat) {
+                round_ratios.push(s / n);
+            }
+        }
+        cpu.push(CpuRow {
+            name: name.to_string(),
+            sandbox_ms: median(sandbox_p50s),
+            native_ms: median(native_p50s),
+            round_ratios,
+        });
+    }
+    // After the snippets: numpy and sympy are imported, as in an agent's session.
+    let fork = match session.fork() {
+        Ok(first) => {
+            drop(first);
+            let mut ts = Vec::new();
+            for _ in 0..8 {
+                let t = Instant::now();
+                let f = session.fork()?;
+                ts.push(t.elapsed());
+                drop(f);
+            }
+            Some(Stats::of(ts))
+        }
+        Err(_) => None,
+    };
     Ok(BenchReport {
         flavour: backend.flavour().as_str(),
         module_load: (report.module_source, report.module_load),

@@ -16,6 +16,9 @@ use wasmtime::{Config, Engine, Module};
 /// cache key because a serialized module is native code for one exact wasmtime.
 pub const WASMTIME_VERSION: &str = "48.0.8";
 
+/// The largest memory a wasm32 module can have, reserved up front for every memory.
+const WASM32_MAX_MEMORY: u64 = 1 << 32;
+
 /// One engine per process: compiled modules are tied to the engine that compiled them, and one
 /// interrupt ticker serves every store.
 pub(crate) struct Shared {
@@ -37,8 +40,11 @@ pub(crate) fn shared() -> Result<&'static Shared> {
             // No epoch interruption and no fuel: the modules carry their own interrupt check
             // (`interrupt.rs`), which costs a pure-Python loop ~3% where epochs cost ~24%.
             // The ticker writes the flag through a raw pointer into linear memory, which is
-            // sound only while memories stay where they were mapped.
-            c.memory_may_move(false);
+            // sound only while memories stay where they were mapped: a 4 GiB reservation holds
+            // the largest wasm32 memory, so one never has to move to grow. (wasmtime's
+            // `memory_may_move(false)` would say so too, but it lets Cranelift keep the memory
+            // base in a register through CPython's evaluation loop: measured 4–6% slower.)
+            c.memory_reservation(WASM32_MAX_MEMORY);
             c.max_wasm_stack(crate::limits::WASM_STACK_BYTES);
             // wasmtime-wasi turns on the `async` feature, which requires the async stack to be
             // at least the wasm stack even though this crate only calls synchronously.

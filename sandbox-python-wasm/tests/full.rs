@@ -389,3 +389,25 @@ fn cancel_flag_stops_a_running_exec_and_forks_share_it() {
     let r = fork.exec("1 + 1");
     assert_eq!(r.value.as_deref(), Some("2"), "{r:?}");
 }
+
+#[test]
+fn bench_times_every_snippet_in_both_interpreters_round_by_round() {
+    // The native side is whatever `python3` is on PATH (CI has one: the scripts need it).
+    let python3 = std::path::Path::new("python3");
+    let report = bench::run(&*common::full(), Some(python3), 5).expect("bench runs");
+    assert!(report.warm_print.p50_ms > 0.0 && report.cold_session.p50_ms > 0.0);
+    assert!(report.fork.is_some(), "the full flavour forks");
+    assert_eq!(report.cpu.len(), bench::CPU_SNIPPETS.len());
+    for row in &report.cpu {
+        assert!(row.sandbox_ms.is_some_and(|ms| ms > 0.0), "{row:?}");
+    }
+    // Pure Python runs natively everywhere: every round has a ratio, and the one reported
+    // is their median.
+    let pure = &report.cpu[0];
+    assert_eq!(pure.round_ratios.len(), bench::CPU_ROUNDS, "{pure:?}");
+    let mut sorted = pure.round_ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(pure.ratio(), Some(sorted[sorted.len() / 2]));
+    assert!(pure.round_ratios.iter().all(|r| r.is_finite() && *r > 0.0));
+    assert!(report.to_string().contains("5 rounds"), "{report}");
+}

@@ -139,6 +139,8 @@ pub struct CandidateRecord {
     /// Not run, and its decoding stopped early: the candidates that had ended already
     /// held a majority no other outcome could reach (it did not vote).
     pub abandoned: bool,
+    /// Tokens it generated (up to where it ended or was abandoned).
+    pub gen_tokens: usize,
 }
 
 /// One step of a run.
@@ -468,7 +470,10 @@ impl<'m> Agent<'m> {
             }
             let exec_ms = runner.exec_ms();
             let codes = runner.codes.clone();
-            let step = runner.finish(py);
+            let mut step = runner.finish(py);
+            for (record, c) in step.candidates.iter_mut().zip(&cands) {
+                record.gen_tokens = c.stats.gen_tokens;
+            }
             let winner = step.winner;
             self.session.keep_sequence(winner)?;
             let reply = &cands[winner].text;
@@ -738,6 +743,7 @@ impl CandidateRunner {
                 ran: self.ran[i].as_ref().is_some_and(|r| r.result.ok()),
                 votes: votes[i],
                 abandoned: !self.ended[i],
+                gen_tokens: 0,
             })
             .collect();
         let result = self.ran[winner].take().map(|Ran { result, fork }| {

@@ -55,8 +55,11 @@ struct StepTimes {
     prompt_ms: f64,
     gen_ms: f64,
     exec_ms: f64,
-    /// Tokens of the longest candidate (the step decodes until the last one ends).
+    /// Tokens of the longest candidate (the step decodes until the last one ends or is
+    /// abandoned).
     gen_tokens: usize,
+    /// Tokens of all candidates together.
+    all_tokens: usize,
     total_ms: f64,
 }
 
@@ -66,7 +69,13 @@ impl StepTimes {
             prompt_ms: step.llm.prompt_ms,
             gen_ms: step.llm.gen_ms,
             exec_ms: step.exec_ms,
-            gen_tokens: step.llm.gen_tokens,
+            gen_tokens: step
+                .candidates
+                .iter()
+                .map(|c| c.gen_tokens)
+                .max()
+                .unwrap_or(step.llm.gen_tokens),
+            all_tokens: step.candidates.iter().map(|c| c.gen_tokens).sum(),
             total_ms: step.llm.prompt_ms + step.llm.gen_ms + step.exec_ms,
         }
     }
