@@ -380,12 +380,16 @@ pub(crate) fn load_module(
             dir.to_path_buf(),
         )
     });
-    if let Some((cwasm, keyfile, _)) = &paths {
+    if let Some((cwasm, keyfile, dir)) = &paths {
         match try_cached(shared, &key, cwasm, keyfile) {
             Ok(Some(m)) => {
                 tracing::debug!(path = %cwasm.display(), "compiled module loaded from cache");
                 modules.insert(map_key, m.clone());
-                return Ok((m, ModuleSource::Cache, t0.elapsed()));
+                let elapsed = t0.elapsed();
+                if let Some(stem) = stem_of(keyfile) {
+                    prune_superseded(dir, stem, &module_sha);
+                }
+                return Ok((m, ModuleSource::Cache, elapsed));
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "ignoring unusable module cache entry"),
@@ -434,9 +438,19 @@ fn try_cached(
         Ok(m) => m,
         Err(_) => return Ok(None),
     };
-    if meta.len() != have.cwasm_size || sha256_file(cwasm)? != have.cwasm_sha256 {
-        tracing::warn!(path = %cwasm.display(), "cached module does not match its key; recompiling");
-        return Ok(None);
+    let stamp = stamp_path(cwasm);
+    let vouched = FileStamp::of(&meta).is_some_and(|now| {
+        std::fs::read(&stamp)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<FileStamp>(&t).ok())
+            .is_some_and(|then| then.same_file(&now) && then.cwasm_sha256 == have.cwasm_sha256)
+    });
+    if !vouched {
+        if meta.len() != have.cwasm_size || sha256_file(cwasm)? != have.cwasm_sha256 {
+            tracing::warn!(path = %cwasm.display(), "cached module does not match its key; recompiling");
+            return Ok(None);
+        }
+        write_stamp(cwasm, &have.cwasm_sha256);
     }
     // SAFETY: the file is the exact bytes this crate serialized for this engine configuration,
     // wasmtime version and CPU (checked above by key and content hash); wasmtime additionally
@@ -444,6 +458,120 @@ fn try_cached(
     let m = unsafe { Module::deserialize_file(&shared.engine, cwasm) }
         .map_err(|e| SandboxError::wasm("deserializing the cached module", e))?;
     Ok(Some(m))
+}
+
+/// What the file system says about a `.cwasm` whose content hash was checked: while none of it
+/// changes, the file is the one that was hashed, and the next load skips hashing it again
+/// (~140 ms for the full interpreter's 263 MB). Any write, truncation, replacement or rename
+/// changes the inode's ctime (which user space cannot set) or the inode itself. The content
+/// hash never guarded against someone who can write the cache dir: they could rewrite the key
+/// too; the cache dir must be the user's own, like the binary.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct FileStamp {
+    cwasm_sha256: String,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    #[cfg(unix)]
+    fn of(meta: &std::fs::Metadata) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        Some(FileStamp {
+            cwasm_sha256: String::new(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        })
+    }
+
+    /// Elsewhere there is no ctime: always hash.
+    #[cfg(not(unix))]
+    fn of(_meta: &std::fs::Metadata) -> Option<FileStamp> {
+        None
+    }
+}
+
+impl FileStamp {
+    /// Compares the file-system fields only; the hash is compared with the key separately.
+    fn same_file(&self, other: &FileStamp) -> bool {
+        (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
+            == (
+                other.dev,
+                other.ino,
+                other.size,
+                other.mtime_ns,
+                other.ctime_ns,
+            )
+    }
+}
+
+fn stem_of(keyfile: &Path) -> Option<&str> {
+    keyfile
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".key.json"))
+}
+
+fn stamp_path(cwasm: &Path) -> std::path::PathBuf {
+    cwasm.with_extension("verified.json")
+}
+
+/// Records that `cwasm` (as it is now) hashed to `sha256`. Failing to is harmless: the next
+/// load hashes again.
+fn write_stamp(cwasm: &Path, sha256: &str) {
+    let Some(mut stamp) = std::fs::metadata(cwasm)
+        .ok()
+        .as_ref()
+        .and_then(FileStamp::of)
+    else {
+        return;
+    };
+    stamp.cwasm_sha256 = sha256.to_string();
+    let path = stamp_path(cwasm);
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = std::fs::write(&tmp, serde_json::to_vec(&stamp).unwrap_or_default())
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::debug!(error = %e, "could not record the verified module stamp");
+    }
+}
+
+/// Removes the cache's other compiles of the same module (older rewrites, engine settings or
+/// wasmtime versions): each is hundreds of MB for the full interpreter, and only the entry
+/// just written can be used by this build.
+fn prune_superseded(dir: &Path, keep_stem: &str, module_sha256: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(stem) = name.strip_suffix(".key.json") else {
+            continue;
+        };
+        if stem == keep_stem {
+            continue;
+        }
+        let same_module = std::fs::read(&path)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<CacheKey>(&t).ok())
+            .is_some_and(|k| k.module_sha256 == module_sha256);
+        if same_module {
+            // The key first: a .cwasm without its key is never loaded.
+            let _ = std::fs::remove_file(&path);
+            let cwasm = dir.join(format!("{stem}.cwasm"));
+            let _ = std::fs::remove_file(stamp_path(&cwasm));
+            let _ = std::fs::remove_file(&cwasm);
+            tracing::info!(path = %cwasm.display(), "removed a superseded compiled module");
+        }
+    }
 }
 
 fn write_cache(
@@ -470,5 +598,77 @@ fn write_cache(
     std::fs::write(&ktmp, serde_json::to_vec_pretty(key).unwrap_or_default())
         .map_err(|e| SandboxError::io("writing", &ktmp, e))?;
     std::fs::rename(&ktmp, keyfile).map_err(|e| SandboxError::io("renaming", keyfile, e))?;
+    write_stamp(cwasm, &key.cwasm_sha256);
+    if let Some(stem) = stem_of(keyfile) {
+        prune_superseded(dir, stem, &key.module_sha256);
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(module: &str) -> CacheKey {
+        CacheKey {
+            module_sha256: module.into(),
+            patch: String::new(),
+            wasmtime: WASMTIME_VERSION.into(),
+            target: "t".into(),
+            cpu_features: "f".into(),
+            engine_hash: "e".into(),
+            cwasm_sha256: "c".into(),
+            cwasm_size: 1,
+        }
+    }
+
+    fn entry(dir: &Path, stem: &str, module: &str) {
+        std::fs::write(dir.join(format!("{stem}.cwasm")), b"x").unwrap();
+        std::fs::write(
+            dir.join(format!("{stem}.key.json")),
+            serde_json::to_vec(&key(module)).unwrap(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn superseded_compiles_of_the_same_module_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        entry(dir.path(), "aaaa-old", "aaaa");
+        entry(dir.path(), "aaaa-new", "aaaa");
+        entry(dir.path(), "bbbb-other", "bbbb");
+        write_stamp(&dir.path().join("aaaa-old.cwasm"), "c");
+        prune_superseded(dir.path(), "aaaa-new", "aaaa");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "aaaa-new.cwasm",
+                "aaaa-new.key.json",
+                "bbbb-other.cwasm",
+                "bbbb-other.key.json"
+            ]
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_verified_stamp_no_longer_vouches_once_the_file_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let cwasm = dir.path().join("m.cwasm");
+        std::fs::write(&cwasm, b"compiled").unwrap();
+        write_stamp(&cwasm, "abc");
+        let stamp: FileStamp =
+            serde_json::from_slice(&std::fs::read(stamp_path(&cwasm)).unwrap()).unwrap();
+        let now = || FileStamp::of(&std::fs::metadata(&cwasm).unwrap()).unwrap();
+        assert!(stamp.same_file(&now()) && stamp.cwasm_sha256 == "abc");
+        // Same size, same content even: a write changes ctime (and usually mtime).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&cwasm, b"compiled").unwrap();
+        assert!(!stamp.same_file(&now()));
+    }
 }

@@ -672,6 +672,9 @@ impl LiteInner {
             }
         };
         let snap = crate::lite_snapshot::parse(&bytes, key, TEMPLATE_MEMORY)?;
+        if let Some(dir) = path.parent() {
+            crate::lite_snapshot::prune_superseded(dir, path, key);
+        }
         // The guest's monotonic clock continues from where the boot left it, so that it never
         // goes backwards between what the boot recorded and what a session reads.
         let now = Instant::now();

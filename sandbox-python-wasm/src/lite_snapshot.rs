@@ -299,8 +299,27 @@ pub(crate) fn write(path: &Path, key: &SnapshotKey, t: &Template<'_>) -> Result<
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
+    } else {
+        prune_superseded(dir, path, key);
     }
     result
+}
+
+/// Removes the other snapshots of the same module: written by older builds or settings, none
+/// of them can match this build's key again.
+pub(crate) fn prune_superseded(dir: &Path, kept: &Path, key: &SnapshotKey) {
+    let m = &key.module_sha[..16.min(key.module_sha.len())];
+    let prefix = format!("lite-template-{m}-");
+    let suffix = format!(".{SNAPSHOT_EXTENSION}");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with(&prefix) && name.ends_with(&suffix) && e.path() != kept {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 struct HashingWriter<W> {
@@ -325,6 +344,25 @@ mod tests {
 
     fn key() -> SnapshotKey {
         SnapshotKey::new("ab".repeat(32).as_str(), "t", "boot", &[], &["/site/0"])
+    }
+
+    #[test]
+    fn older_snapshots_of_the_same_module_are_pruned_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key();
+        let kept = k.path_in(dir.path());
+        let m = &k.module_sha[..16];
+        let stale = dir
+            .path()
+            .join(format!("lite-template-{m}-0000.{SNAPSHOT_EXTENSION}"));
+        let other = dir.path().join(format!(
+            "lite-template-cdcdcdcdcdcdcdcd-0000.{SNAPSHOT_EXTENSION}"
+        ));
+        for p in [&kept, &stale, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        prune_superseded(dir.path(), &kept, &k);
+        assert!(kept.exists() && other.exists() && !stale.exists());
     }
 
     #[test]
