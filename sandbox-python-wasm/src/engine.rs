@@ -72,7 +72,7 @@ pub(crate) fn shared() -> Result<&'static Shared> {
 
 /// A per-store deadline and the guest's interrupt flag. A raised cancel flag counts as a
 /// deadline already passed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Deadline(Arc<DeadlineState>, crate::CancelFlag);
 
 #[derive(Debug)]
@@ -110,8 +110,8 @@ impl Deadline {
         self.1.is_raised() || Self::nanos(shared) >= self.0.at.load(Ordering::Relaxed)
     }
 
-    /// Points this deadline at the interrupt flag of the store's instance, whose linear memory
-    /// starts at `memory_base`. The instance must have been built from a module rewritten by
+    /// Points this deadline at the interrupt flag in `memory`, the linear memory of the
+    /// store's instance. The instance must have been built from a module rewritten by
     /// [`crate::interrupt::insert_loop_checks`] (its flag word is checked to be clear), and the
     /// memory must outlive every call armed with this deadline (it does: both belong to the
     /// same store, and memories do not move, see [`shared`]).
@@ -141,10 +141,11 @@ impl Deadline {
         let addr = self.0.flag.load(Ordering::SeqCst);
         if addr != 0 {
             // SAFETY: `addr` is a 4-aligned word inside a live linear memory: set by `bind`
-            // from the store's memory, which does not move, and only written while the call
-            // armed with this deadline runs (the armed list's lock orders this write before
-            // the disarm that ends the call). The guest reads the word with plain loads; a
-            // racing guest load sees either value, both of which are correct.
+            // from the store's memory, which does not move. It is written by the store's own
+            // thread around a call (`set`, `clear`) and by the ticker only while the deadline
+            // is in the armed list, whose lock orders the ticker's write before the disarm
+            // that ends the call (the store outlives its calls). The guest reads the word with
+            // plain loads; a racing load sees either value, both of which are correct.
             unsafe { AtomicU32::from_ptr(addr as *mut u32) }.store(value, Ordering::SeqCst);
         }
     }
@@ -453,8 +454,8 @@ fn try_cached(
         write_stamp(cwasm, &have.cwasm_sha256);
     }
     // SAFETY: the file is the exact bytes this crate serialized for this engine configuration,
-    // wasmtime version and CPU (checked above by key and content hash); wasmtime additionally
-    // checks its own header.
+    // wasmtime version and CPU (checked above by key, and by content hash now or, unchanged
+    // since, at an earlier load: `FileStamp`); wasmtime additionally checks its own header.
     let m = unsafe { Module::deserialize_file(&shared.engine, cwasm) }
         .map_err(|e| SandboxError::wasm("deserializing the cached module", e))?;
     Ok(Some(m))
@@ -466,7 +467,7 @@ fn try_cached(
 /// changes the inode's ctime (which user space cannot set) or the inode itself. The content
 /// hash never guarded against someone who can write the cache dir: they could rewrite the key
 /// too; the cache dir must be the user's own, like the binary.
-#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct FileStamp {
     cwasm_sha256: String,
     dev: u64,
