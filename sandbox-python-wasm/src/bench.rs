@@ -7,23 +7,59 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// CPU-bound snippets: (name, setup run untimed, timed body). The body is run the same way in
-/// both interpreters: after the setup, in a warm interpreter.
-pub const CPU_SNIPPETS: &[(&str, &str, &str)] = &[
+/// CPU-bound snippets: (name, setup run untimed, timed body, whether it is pure Python). The
+/// body is run the same way in both interpreters: after the setup, in a warm interpreter. The
+/// first is the module-level integer loop the sandbox's target was first stated on; the other
+/// pure-Python ones cover calls, strings, dicts, sorting and objects, and sympy is pure-Python
+/// library code.
+pub const CPU_SNIPPETS: &[(&str, &str, &str, bool)] = &[
     (
         "pure-python loop",
         "",
         "s = 0\nfor i in range(1_000_000):\n    s += i * i % 7\n",
+        true,
+    ),
+    (
+        "pure-python recursion",
+        "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)",
+        "fib(22)\n",
+        true,
+    ),
+    (
+        "pure-python strings",
+        "def strings(n):\n    out = []\n    for i in range(n):\n        out.append('item-%d:%s' % (i, str(i * 3)[::-1]))\n    return ','.join(out).count('1')",
+        "strings(100_000)\n",
+        true,
+    ),
+    (
+        "pure-python dicts",
+        "def dicts(n):\n    d = {}\n    for i in range(n):\n        k = 'k' + str(i % 5000)\n        d[k] = d.get(k, 0) + i\n    return sum(d.values())",
+        "dicts(100_000)\n",
+        true,
+    ),
+    (
+        "pure-python sort with key",
+        "xs = [(i * 7919) % 100_003 for i in range(100_000)]",
+        "ys = sorted(xs, key=lambda x: -x)\n",
+        true,
+    ),
+    (
+        "pure-python objects",
+        "class P:\n    __slots__ = ('x', 'y')\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n    def norm(self):\n        return self.x * self.x + self.y * self.y",
+        "t = sum(P(i, i + 1).norm() for i in range(100_000))\n",
+        true,
     ),
     (
         "numpy matmul 200x200 x10",
         "import numpy as np\na = np.arange(40000, dtype=float).reshape(200, 200) / 40000.0",
         "for _ in range(10):\n    b = a @ a\n",
+        false,
     ),
     (
         "sympy solve",
         "import sympy",
         "x = sympy.Symbol('x')\nr = sympy.solve(x**3 - 6*x**2 + 11*x - 6, x)\n",
+        true,
     ),
 ];
 
@@ -60,6 +96,8 @@ pub const CPU_ROUNDS: usize = 5;
 pub struct CpuRow {
     /// Snippet name.
     pub name: String,
+    /// Whether the snippet is pure Python (see [`CPU_SNIPPETS`]).
+    pub pure_python: bool,
     /// Sandbox: median over rounds of each round's p50.
     pub sandbox_ms: Option<f64>,
     /// Native: the same (None when native Python lacks the package).
@@ -108,6 +146,22 @@ pub struct BenchReport {
     pub fork: Option<Stats>,
     /// CPU-bound snippets.
     pub cpu: Vec<CpuRow>,
+}
+
+impl BenchReport {
+    /// Geometric mean of the pure-Python snippets' ratios, and how many had one.
+    pub fn pure_python_geomean(&self) -> Option<(f64, usize)> {
+        let ratios: Vec<f64> = self
+            .cpu
+            .iter()
+            .filter(|c| c.pure_python)
+            .filter_map(CpuRow::ratio)
+            .collect();
+        (!ratios.is_empty()).then(|| {
+            let mean_log = ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64;
+            (mean_log.exp(), ratios.len())
+        })
+    }
 }
 
 impl std::fmt::Display for BenchReport {
@@ -179,6 +233,13 @@ impl std::fmt::Display for BenchReport {
                 opt(c.ratio()).trim_end_matches('0').trim_end_matches('.'),
             )?;
         }
+        if let Some((g, n)) = self.pure_python_geomean() {
+            writeln!(
+                f,
+                "{:<28} {:>12} {:>12} {:>8.2}  (geometric mean of {n})",
+                "pure python, all", "", "", g
+            )?;
+        }
         Ok(())
     }
 }
@@ -225,6 +286,7 @@ for line in sys.stdin:
     i, reps = map(int, line.split())
     name, setup, body = snips[i]
     if i not in envs:
+        envs.clear()
         g = {}
         try:
             exec(setup, g)
@@ -251,7 +313,7 @@ impl NativePython {
         use std::process::Stdio;
         let snippets: Vec<serde_json::Value> = CPU_SNIPPETS
             .iter()
-            .map(|(n, s, b)| serde_json::json!([n, s, b]))
+            .map(|(n, s, b, _)| serde_json::json!([n, s, b]))
             .chain(std::iter::once(serde_json::json!([
                 "print(1)", "", "print(1)"
             ])))
@@ -292,6 +354,18 @@ impl Drop for NativePython {
     }
 }
 
+/// Sessions of the measures after the first: any import, a generous timeout.
+fn bench_options() -> SessionOptions {
+    SessionOptions {
+        limits: crate::Limits {
+            allowed_imports: None,
+            timeout: Duration::from_secs(120),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// Runs the benchmark. `python3` is the native interpreter to compare with (None skips the
 /// native side); `reps` is the sample count of the fast measures (CPU snippets use reps/20).
 pub fn run(
@@ -317,14 +391,7 @@ pub fn run(
         drop(s);
     }
     let idle_session_rss_mib = idle_rss(backend)?;
-    let mut session = backend.open(SessionOptions {
-        limits: crate::Limits {
-            allowed_imports: None,
-            timeout: Duration::from_secs(120),
-            ..Default::default()
-        },
-        ..Default::default()
-    })?;
+    let mut session = backend.open(bench_options())?;
     let mut warm = Vec::new();
     for _ in 0..reps {
         let r = session.exec("print(1)");
@@ -368,9 +435,11 @@ pub fn run(
         }
     }
     let mut cpu = Vec::new();
-    // Each snippet's setup runs just before it, in the same order as in the native harness, so
-    // both interpreters hold the same modules when a snippet is timed.
-    for (i, (name, setup, body)) in CPU_SNIPPETS.iter().enumerate() {
+    // Each snippet runs in a fresh session (natively: a fresh namespace, the previous one
+    // dropped), so no snippet pays for the objects an earlier one left (the cyclic GC walks
+    // them: sympy's solve measured 1.6x slower after the sort snippet's lists).
+    for (i, (name, setup, body, pure_python)) in CPU_SNIPPETS.iter().enumerate() {
+        let mut session = backend.open(bench_options())?;
         let setup_ok = session.exec(setup).ok();
         let (mut sandbox_p50s, mut native_p50s, mut round_ratios) = (vec![], vec![], vec![]);
         for _ in 0..CPU_ROUNDS {
@@ -394,12 +463,16 @@ pub fn run(
         }
         cpu.push(CpuRow {
             name: name.to_string(),
+            pure_python: *pure_python,
             sandbox_ms: median(sandbox_p50s),
             native_ms: median(native_p50s),
             round_ratios,
         });
     }
-    // After the snippets: numpy and sympy are imported, as in an agent's session.
+    // Forks of a session that imported numpy and sympy, as an agent's session would have.
+    for (_, setup, _, _) in CPU_SNIPPETS.iter().filter(|s| s.1.starts_with("import")) {
+        session.exec(setup);
+    }
     let fork = match session.fork() {
         Ok(first) => {
             drop(first);

@@ -410,4 +410,33 @@ fn bench_times_every_snippet_in_both_interpreters_round_by_round() {
     assert_eq!(pure.ratio(), Some(sorted[sorted.len() / 2]));
     assert!(pure.round_ratios.iter().all(|r| r.is_finite() && *r > 0.0));
     assert!(report.to_string().contains("5 rounds"), "{report}");
+    // The geometric mean covers every pure-Python row with a native time: all those that need
+    // no package, and sympy where the native Python has it.
+    let needs_no_package = bench::CPU_SNIPPETS
+        .iter()
+        .filter(|s| s.3 && !s.1.contains("import"))
+        .count();
+    let (geomean, n) = report.pure_python_geomean().expect("pure-Python ratios");
+    let with_native = report
+        .cpu
+        .iter()
+        .filter(|c| c.pure_python && c.ratio().is_some())
+        .count();
+    assert!(
+        n == with_native && n >= needs_no_package,
+        "{n} of {with_native}"
+    );
+    let ratios: Vec<f64> = report
+        .cpu
+        .iter()
+        .filter(|c| c.pure_python)
+        .filter_map(|c| c.ratio())
+        .collect();
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+    assert!(
+        lo <= geomean && geomean <= hi,
+        "{geomean} outside {lo}..{hi}"
+    );
 }
