@@ -274,6 +274,13 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_tag_names_the_interrupt_rewrite_it_applies() {
+        // `patch` also applies `interrupt::insert_loop_checks`: a new version of that rewrite
+        // must change this tag too, or a stale compile would be taken from the cache.
+        assert!(PATCH_TAG.ends_with(&format!("+{}", crate::interrupt::TAG)));
+    }
+
+    #[test]
     fn adds_the_two_exports_and_keeps_the_rest() {
         let wasm = command(Some(SP), &[]);
         let (out, info) = patch_with_info(&wasm, Path::new("t.wasm")).unwrap();
