@@ -27,6 +27,22 @@ fn state_persists_across_execs() {
 }
 
 #[test]
+fn the_namespace_is_named_main_and_is_what_globals_returns() {
+    // Snippets run in a plain dict that stands in for `__main__.__dict__` (stores to a module's
+    // dict are watched in CPython 3.15 and cost module-level loops 13%); code must not notice.
+    let mut s = session();
+    assert!(s.exec("class C:\n    pass\ng = globals()\nhits = 0").ok());
+    let r = s.exec(
+        "g['hits'] += 1\n(__name__, C.__module__, g is globals(), hits, 'final_answer' in g)",
+    );
+    assert_eq!(
+        r.value.as_deref(),
+        Some("('__main__', '__main__', True, 1, True)"),
+        "{r:?}"
+    );
+}
+
+#[test]
 fn last_expression_value_and_output() {
     let mut s = session();
     let r = s.exec("print('hello')\n[1, 2] + [3]");
