@@ -166,7 +166,13 @@ pub fn bench_parallel(
         n_batch: params.pp_tokens.max(n),
         n_seq_max: n,
     };
-    let mut session = model.session(&sp)?;
+    // Each side gets the session the agent would give it: `--sag 1` runs in a
+    // single-sequence context, which may be configured differently (see `Session::new`).
+    let mut single_session = model.session(&SessionParams {
+        n_seq_max: 1,
+        ..sp.clone()
+    })?;
+    let mut parallel_session = model.session(&sp)?;
     let prompt = random_tokens(params.pp_tokens as usize, model.n_vocab(), 0x5eed);
     let gen = GenerateParams {
         max_tokens: params.tg_tokens,
@@ -181,7 +187,10 @@ pub fn bench_parallel(
     let (mut single, mut parallel) = (Vec::new(), Vec::new());
     let mut decoded = Vec::new();
     for rep in 0..=params.repetitions {
-        for (k, out) in [(1, &mut single), (n as usize, &mut parallel)] {
+        for (k, out, session) in [
+            (1, &mut single, &mut single_session),
+            (n as usize, &mut parallel, &mut parallel_session),
+        ] {
             // The step's prompt is in the cache already, as after an agent's first step.
             session.complete_tokens(
                 &prompt,
