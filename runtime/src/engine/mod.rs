@@ -34,6 +34,8 @@ use utf8::Utf8Decoder;
 pub const DEFAULT_CTX_SIZE: u32 = 4096;
 /// Default logical batch: how many prompt tokens one `llama_decode` call takes.
 pub const DEFAULT_BATCH: u32 = 512;
+/// Micro-batch of a context without flash attention (see `Session::new`).
+const PLAIN_ATTENTION_UBATCH: u32 = 128;
 /// Default number of parallel sequences a session's context can hold.
 pub const DEFAULT_SEQUENCES: u32 = 1;
 /// Default cap on generated tokens per call.
@@ -320,39 +322,49 @@ impl SamplingParams {
                     .map_err(|e| EngineError::Grammar(e.to_string()))
             })
             .transpose()?;
-        let mut chain = Vec::new();
+        let (filter, draw) = self.chains(model.n_vocab());
+        Ok(TokenSampler {
+            grammar,
+            filter,
+            draw,
+            scratch: LlamaTokenDataArray::new(Vec::new(), false),
+        })
+    }
+
+    /// The sampling chain in two parts: everything before the choice (repeat penalty, top-k,
+    /// top-p, min-p, temperature), then the choice itself (a seeded random draw, or argmax).
+    fn chains(&self, n_vocab: i32) -> (LlamaSampler, LlamaSampler) {
+        let mut filter = Vec::new();
         if self.repeat_penalty != 1.0 {
-            chain.push(LlamaSampler::penalties(
-                model.n_vocab(),
+            filter.push(LlamaSampler::penalties(
+                n_vocab,
                 self.repeat_last_n,
                 self.repeat_penalty,
                 0.0,
                 0.0,
             ));
         }
-        if self.temperature <= 0.0 {
-            chain.push(LlamaSampler::greedy());
+        let draw = if self.temperature <= 0.0 {
+            LlamaSampler::greedy()
         } else {
             if self.top_k > 0 {
-                chain.push(LlamaSampler::top_k(self.top_k));
+                filter.push(LlamaSampler::top_k(self.top_k));
             }
             if self.top_p < 1.0 {
-                chain.push(LlamaSampler::top_p(self.top_p, 1));
+                filter.push(LlamaSampler::top_p(self.top_p, 1));
             }
             if self.min_p > 0.0 {
-                chain.push(LlamaSampler::min_p(self.min_p, 1));
+                filter.push(LlamaSampler::min_p(self.min_p, 1));
             }
-            chain.push(LlamaSampler::temp(self.temperature));
-            chain.push(LlamaSampler::dist(self.seed));
-        }
-        Ok(TokenSampler {
-            grammar,
-            chain: LlamaSampler::chain_simple(chain),
-        })
+            filter.push(LlamaSampler::temp(self.temperature));
+            LlamaSampler::dist(self.seed)
+        };
+        (LlamaSampler::chain_simple(filter), draw)
     }
 }
 
-/// One sequence's sampler: the sampling chain and, apart from it, the optional grammar.
+/// One sequence's sampler: the sampling chain, split before its final choice, and apart
+/// from it the optional grammar.
 ///
 /// Checking a grammar against every token of the vocabulary costs more than decoding a
 /// token of a small model, and it is paid per candidate per position. So the token is
@@ -360,32 +372,65 @@ impl SamplingParams {
 /// rejects it are the logits masked by the grammar and the token drawn again. The result
 /// follows the grammar-masked distribution (a rejected first draw is discarded); it is
 /// what llama.cpp's own common sampler does.
+///
+/// Parallel candidates with the same history so far have the same logits, and every part of
+/// the chain before the choice is a function of the logits and that history. So that part
+/// runs once per group of such candidates ([`TokenSampler::filter`]) and each member makes
+/// only its own seeded choice from a copy of the few tokens left ([`TokenSampler::choose`]):
+/// the same tokens as running each member's whole chain, without sorting the vocabulary once
+/// per member.
 struct TokenSampler {
     grammar: Option<LlamaSampler>,
-    chain: LlamaSampler,
+    filter: LlamaSampler,
+    draw: LlamaSampler,
+    scratch: LlamaTokenDataArray,
 }
 
 impl TokenSampler {
-    /// Draws the next token from the logits at batch index `idx` and accepts it.
-    fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> LlamaToken {
-        let Some(grammar) = &mut self.grammar else {
-            return self.chain.sample(ctx, idx);
-        };
-        let mut cur = ctx.token_data_array_ith(idx);
-        cur.apply_sampler(&mut self.chain);
+    /// Runs the chain's filter part over one position's logits. Any candidate whose history
+    /// equals this sampler's may [`choose`](Self::choose) from the result.
+    fn filter(&mut self, mut logits: LlamaTokenDataArray) -> LlamaTokenDataArray {
+        logits.apply_sampler(&mut self.filter);
+        logits
+    }
+
+    /// Chooses the next token from `kept` (what [`filter`](Self::filter) left) with this
+    /// sampler's own draw, and accepts it. `logits` gives the position's logits again, for
+    /// the rare draw the grammar rejects.
+    fn choose(
+        &mut self,
+        kept: &LlamaTokenDataArray,
+        logits: impl FnOnce() -> LlamaTokenDataArray,
+    ) -> LlamaToken {
+        // A copy, because the draw may reorder what it draws from, and the other members of
+        // the group draw from the same tokens. Into a kept buffer: after argmax (which the
+        // filter leaves the whole vocabulary to) this is a vocabulary-sized copy per token.
+        let cur = &mut self.scratch;
+        cur.data.clear();
+        cur.data.extend_from_slice(&kept.data);
+        cur.selected = kept.selected;
+        cur.sorted = kept.sorted;
+        cur.apply_sampler(&mut self.draw);
         let drawn = cur.selected_token();
-        let token = match drawn.filter(|&t| admits(grammar, t)) {
-            Some(t) => t,
-            None => {
-                let mut cur = ctx.token_data_array_ith(idx);
-                cur.apply_sampler(grammar);
-                cur.apply_sampler(&mut self.chain);
-                // The grammar always leaves at least one token (llama.cpp aborts otherwise).
-                cur.selected_token().unwrap_or(LlamaToken(0))
-            }
+        let token = match &mut self.grammar {
+            None => drawn.unwrap_or(LlamaToken(0)),
+            Some(grammar) => match drawn.filter(|&t| admits(grammar, t)) {
+                Some(t) => t,
+                None => {
+                    let mut cur = logits();
+                    cur.apply_sampler(grammar);
+                    cur.apply_sampler(&mut self.filter);
+                    cur.apply_sampler(&mut self.draw);
+                    // The grammar always leaves at least one token (llama.cpp aborts otherwise).
+                    cur.selected_token().unwrap_or(LlamaToken(0))
+                }
+            },
         };
-        grammar.accept(token);
-        self.chain.accept(token);
+        if let Some(g) = &mut self.grammar {
+            g.accept(token);
+        }
+        self.filter.accept(token);
+        self.draw.accept(token);
         token
     }
 
@@ -394,8 +439,23 @@ impl TokenSampler {
         if let Some(g) = &mut self.grammar {
             g.accept_many(tokens);
         }
-        self.chain.accept_many(tokens);
+        self.filter.accept_many(tokens);
+        self.draw.accept_many(tokens);
     }
+}
+
+/// Sets `buf` to one position's logits, unsorted and with nothing selected, keeping its
+/// allocation.
+fn fill_logits(buf: &mut LlamaTokenDataArray, logits: &[f32]) {
+    buf.data.clear();
+    buf.data.extend(
+        logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0)),
+    );
+    buf.selected = None;
+    buf.sorted = false;
 }
 
 /// Whether the grammar in its current state allows `token` next.
@@ -581,7 +641,12 @@ impl<'m> Session<'m> {
             // products. Measured on 2 cores (`bench parallel`, 8 candidates x 96 tokens after a
             // 1024-token prompt): 3.9 s with it, 3.2 s without. One sequence decodes faster
             // with it (191 vs 170 tokens/s), so single-sequence sessions keep llama.cpp's choice.
-            cparams.with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+            // Without it each micro-batch materialises its attention scores (cells x tokens x
+            // heads, f32): 128-token micro-batches bound that to a quarter of 512's (26 instead
+            // of 104 MB at 5,632 cells) at the same prompt speed (340 tokens/s on 2,048).
+            cparams
+                .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+                .with_n_ubatch(params.n_batch.min(PLAIN_ATTENTION_UBATCH))
         } else {
             cparams
         };
@@ -795,9 +860,16 @@ impl<'m> Session<'m> {
         let mut reported = vec![false; n];
         // Time spent in `on_done` (e.g. running a candidate's code) is not decoding time.
         let mut in_callbacks = std::time::Duration::ZERO;
+        // Logits index -> the chain's filter part over those logits, for this position; the
+        // vocabulary-sized buffers are reused from position to position (allocating one per
+        // draw cost more than the draw).
+        let mut filtered: Vec<(i32, LlamaTokenDataArray)> = Vec::new();
+        let mut spare: Vec<LlamaTokenDataArray> = Vec::new();
+        let n_vocab = model.n_vocab() as usize;
         loop {
             // (group, token) -> members, in first-member order.
             let mut next: Vec<(usize, LlamaToken, Vec<usize>)> = Vec::new();
+            spare.extend(filtered.drain(..).map(|(_, buf)| buf));
             for (i, c) in cands.iter_mut().enumerate() {
                 if c.finish.is_some() {
                     continue;
@@ -817,7 +889,21 @@ impl<'m> Session<'m> {
                 let token = if plain_argmax {
                     argmax(self.ctx.get_logits_ith(logits_idx[i]))
                 } else {
-                    samplers[i].sample(&self.ctx, logits_idx[i])
+                    // Equal logits index = equal history (see `TokenSampler`): the first
+                    // member of each group filters, every member chooses.
+                    let at = logits_idx[i];
+                    let p = match filtered.iter().position(|(idx, _)| *idx == at) {
+                        Some(p) => p,
+                        None => {
+                            let mut buf = spare.pop().unwrap_or_else(|| {
+                                LlamaTokenDataArray::new(Vec::with_capacity(n_vocab), false)
+                            });
+                            fill_logits(&mut buf, self.ctx.get_logits_ith(at));
+                            filtered.push((at, samplers[i].filter(buf)));
+                            filtered.len() - 1
+                        }
+                    };
+                    samplers[i].choose(&filtered[p].1, || self.ctx.token_data_array_ith(at))
                 };
                 c.gen_tokens += 1;
                 if !params.ignore_eog && vocab.is_eog(token) {
@@ -967,5 +1053,99 @@ impl<'m> Session<'m> {
             self.cached[seq].extend_from_slice(chunk);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VOCAB: usize = 500;
+
+    /// Logits that depend on the history (as a model's do), peaked enough that candidates
+    /// often draw alike and form groups, and spread enough that they also part.
+    fn logits_after(history: &[LlamaToken]) -> LlamaTokenDataArray {
+        let h = history
+            .iter()
+            .fold(17u64, |h, t| h.wrapping_mul(31).wrapping_add(t.0 as u64));
+        LlamaTokenDataArray::from_iter(
+            (0..VOCAB).map(|i| {
+                let x = (i as u64).wrapping_mul(2_654_435_761).wrapping_add(h) % 1000;
+                LlamaTokenData::new(LlamaToken(i as i32), x as f32 / 250.0, 0.0)
+            }),
+            false,
+        )
+    }
+
+    #[test]
+    fn filtering_once_per_group_chooses_what_each_whole_chain_would() {
+        let params = SamplingParams {
+            temperature: 0.4,
+            top_p: 0.8,
+            repeat_penalty: 1.3,
+            seed: 11,
+            ..SamplingParams::default()
+        };
+        let n = 8;
+        let member = |i: u32| SamplingParams {
+            seed: params.seed + i,
+            ..params.clone()
+        };
+        // Each candidate's whole chain on its own logits, as one sequence samples.
+        let mut whole: Vec<LlamaSampler> = (0..n)
+            .map(|i| {
+                let (filter, draw) = member(i).chains(VOCAB as i32);
+                LlamaSampler::chain_simple([filter, draw])
+            })
+            .collect();
+        let mut expected = vec![Vec::new(); n as usize];
+        for _ in 0..40 {
+            for (i, chain) in whole.iter_mut().enumerate() {
+                let mut cur = logits_after(&expected[i]);
+                cur.apply_sampler(chain);
+                let t = cur.selected_token().unwrap();
+                chain.accept(t);
+                expected[i].push(t);
+            }
+        }
+        // The engine's way: per position, the first candidate of each group of equal
+        // histories filters once; every candidate chooses from that.
+        let mut split: Vec<TokenSampler> = (0..n)
+            .map(|i| {
+                let (filter, draw) = member(i).chains(VOCAB as i32);
+                TokenSampler {
+                    grammar: None,
+                    filter,
+                    draw,
+                    scratch: LlamaTokenDataArray::new(Vec::new(), false),
+                }
+            })
+            .collect();
+        let mut got = vec![Vec::new(); n as usize];
+        let (mut filtered_positions, mut chosen) = (0, 0);
+        for _ in 0..40 {
+            let mut groups: Vec<(Vec<LlamaToken>, LlamaTokenDataArray)> = Vec::new();
+            for i in 0..n as usize {
+                let p = match groups.iter().position(|(h, _)| *h == got[i]) {
+                    Some(p) => p,
+                    None => {
+                        let f = split[i].filter(logits_after(&got[i]));
+                        groups.push((got[i].clone(), f));
+                        filtered_positions += 1;
+                        groups.len() - 1
+                    }
+                };
+                let t = split[i].choose(&groups[p].1, || logits_after(&got[i]));
+                chosen += 1;
+                got[i].push(t);
+            }
+        }
+        assert_eq!(got, expected);
+        // The test means something only if candidates both shared and parted.
+        assert!(filtered_positions < chosen, "no group ever shared");
+        assert!(
+            expected.iter().any(|e| *e != expected[0]),
+            "the candidates never parted"
+        );
     }
 }
