@@ -380,3 +380,66 @@ fn parallel_decoding_stops_the_candidates_still_running_when_asked() {
         "{cands:?}"
     );
 }
+
+/// The default model's Q4_1 matrices load as Q4_0 plus per-block offsets (`engine::split`):
+/// the same weights, so the split model scores a text like the file does; the Q4_0 reading
+/// alone (the offsets left out) is far off, which is what this comparison would catch.
+#[test]
+fn the_q4_1_split_scores_text_like_the_file_and_needs_its_offsets() {
+    use small_agent::engine::{split, LoadOptions};
+    let path = crate::default_model_path();
+    let as_is = Model::load_with(&path, &LoadOptions::as_is()).unwrap();
+    let split_model = Model::load(&path).unwrap();
+    assert!(!as_is.is_split());
+    assert_eq!(split_model.is_split(), split::pays_here(false));
+    let text = as_is
+        .render_chat(
+            &[
+                ChatMessage::new("system", "You answer questions about geography briefly."),
+                ChatMessage::new(
+                    "user",
+                    "Which river flows through Vienna, and where does it end?",
+                ),
+                ChatMessage::new(
+                    "assistant",
+                    "The Danube flows through Vienna. It rises in the Black Forest in Germany, \
+                     crosses ten countries and ends in the Black Sea, where it forms a wide \
+                     delta on the border of Romania and Ukraine.",
+                ),
+            ],
+            false,
+        )
+        .unwrap();
+    let tokens = as_is.tokenize(&text, true);
+    let nll = |m: &Model| {
+        let mut s = m.session(&params(512)).unwrap();
+        let lp = s.score(&tokens).unwrap();
+        assert_eq!(lp.len(), tokens.len() - 1);
+        (-lp.iter().sum::<f32>() / lp.len() as f32, lp)
+    };
+    let (ref_nll, ref_lp) = nll(&as_is);
+    let (split_nll, split_lp) = nll(&split_model);
+    let worst = ref_lp
+        .iter()
+        .zip(&split_lp)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!(
+        "mean NLL as is {ref_nll:.4}, split {split_nll:.4}; largest per-token gap {worst:.4}"
+    );
+    assert!(ref_nll > 0.1 && ref_nll < 6.0, "implausible NLL {ref_nll}");
+    assert!(
+        (split_nll - ref_nll).abs() < 0.02,
+        "{split_nll} vs {ref_nll}"
+    );
+    assert!(worst < 1.0, "a token's log-probability moved by {worst}");
+    if split_model.is_split() {
+        let files = split::derive(&path, &split::default_cache_dir().unwrap()).unwrap();
+        let base_only = Model::load_with(&files.base, &LoadOptions::as_is()).unwrap();
+        let (base_nll, _) = nll(&base_only);
+        assert!(
+            base_nll > ref_nll + 1.0,
+            "without offsets {base_nll} vs {ref_nll}"
+        );
+    }
+}

@@ -448,6 +448,13 @@ impl<'m> Agent<'m> {
                 },
                 &mut |i, c| {
                     let code = protocol::extract_code(&format!("{prefix}{}", c.text));
+                    tracing::debug!(
+                        candidate = i,
+                        finish = ?c.finish_reason,
+                        parsed = code.is_some(),
+                        "candidate ended"
+                    );
+                    tracing::trace!(candidate = i, text = %c.text, "candidate text");
                     match runner.run(py, i, code) {
                         Ok(()) => !runner.decided(),
                         Err(e) => {

@@ -72,6 +72,9 @@ pub enum BenchCommand {
 #[derive(Serialize)]
 struct Report {
     model: String,
+    /// Whether our engine ran the model's Q4_1 matrices as Q4_0 + offsets (`engine::split`);
+    /// llama-bench always runs the file as it is.
+    split: bool,
     params: LlmBenchParams,
     /// Median over rounds of ours / llama-bench.
     ratio_pp: f64,
@@ -201,6 +204,7 @@ fn run_llm(
     };
     let report = Report {
         model: path.display().to_string(),
+        split: loaded.is_split(),
         ratio_pp: median(&|r| r.ratio_pp),
         ratio_tg: median(&|r| r.ratio_tg),
         params,
@@ -210,8 +214,14 @@ fn run_llm(
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "model: {}  threads: {}",
-            report.model, report.params.threads
+            "model: {}  threads: {}  ours: {}",
+            report.model,
+            report.params.threads,
+            if report.split {
+                "Q4_1 split into Q4_0 + offsets (--as-is to run the file as it is)"
+            } else {
+                "the file as it is"
+            }
         );
         println!(
             "{:<18} {:>18} {:>18}",

@@ -84,6 +84,8 @@ impl StepTimes {
 #[derive(Debug, Serialize)]
 struct Summary {
     n: usize,
+    /// Whether the model's Q4_1 matrices ran as Q4_0 + offsets (`engine::split`).
+    split: bool,
     questions: usize,
     /// Mean step wall time, one candidate.
     single_ms: f64,
@@ -168,6 +170,7 @@ pub fn run(a: BenchSagArgs) -> Result<ExitCode> {
     let median_ratio = ratios[ratios.len() / 2];
     let s = Summary {
         n: a.n.max(2),
+        split: model.is_split(),
         questions: rows.len(),
         single_ms,
         sag_ms,

@@ -15,7 +15,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use small_agent::{
-    engine::{self, default_threads},
+    engine::{self, default_threads, LoadOptions},
     EngineError, Model, SamplingParams, SessionParams,
 };
 
@@ -123,6 +123,10 @@ pub struct ModelArgs {
     /// GGUF model file [default: the fetched default model]
     #[arg(long, short = 'm', env = "SMALL_AGENT_MODEL", value_name = "PATH")]
     pub model: Option<PathBuf>,
+    /// Load the GGUF exactly as it is: no Q4_1 -> Q4_0 + offsets split (the split computes
+    /// the same weights with faster batched kernels; see ARCHITECTURE.md)
+    #[arg(long, env = "SMALL_AGENT_AS_IS")]
+    pub as_is: bool,
 }
 
 impl ModelArgs {
@@ -138,8 +142,18 @@ impl ModelArgs {
     pub fn load(&self) -> Result<Model> {
         let path = self.path()?;
         let t = std::time::Instant::now();
-        let model = Model::load(&path)?;
-        tracing::info!(path = %path.display(), ms = t.elapsed().as_millis() as u64, "model loaded");
+        let options = if self.as_is {
+            LoadOptions::as_is()
+        } else {
+            LoadOptions::default()
+        };
+        let model = Model::load_with(&path, &options)?;
+        tracing::info!(
+            path = %path.display(),
+            split = model.is_split(),
+            ms = t.elapsed().as_millis() as u64,
+            "model loaded"
+        );
         Ok(model)
     }
 }
