@@ -443,3 +443,33 @@ fn the_q4_1_split_scores_text_like_the_file_and_needs_its_offsets() {
         );
     }
 }
+
+/// A damaged derived file is not the user's problem: the model loads as it is, and the
+/// damaged files are removed so the next load derives them again.
+#[test]
+fn a_damaged_split_cache_falls_back_to_the_file_and_is_rederived() {
+    use small_agent::engine::{split, LoadOptions};
+    if !split::pays_here(false) {
+        return; // no split on this CPU: nothing to damage
+    }
+    let path = crate::default_model_path();
+    let cache = tempfile::tempdir().unwrap();
+    let options = LoadOptions {
+        split_q4_1: true,
+        split_cache: Some(cache.path().to_path_buf()),
+    };
+    let files = split::derive(&path, cache.path()).unwrap();
+    let mut bytes = std::fs::read(&files.base).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&files.base, &bytes).unwrap();
+    let m = Model::load_with(&path, &options).unwrap();
+    assert!(!m.is_split(), "the damaged split must not be used");
+    assert!(!files.base.exists() && !files.offsets.exists());
+    let mut s = m.session(&params(256)).unwrap();
+    let out = s
+        .chat(&user("Say hello."), &greedy(4), &mut |_| true)
+        .unwrap();
+    assert!(!out.text.is_empty());
+    assert!(Model::load_with(&path, &options).unwrap().is_split());
+    assert!(files.base.exists());
+}

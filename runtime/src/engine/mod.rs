@@ -238,20 +238,41 @@ impl Model {
             }
         };
         let params = LlamaModelParams::default();
-        let (inner, offsets) = match split_files {
-            Some(files) => {
-                // Repacked matrices are copied out of the file at load; with the file mapped,
-                // their pages stay resident beside the copies (ask with SAG 8: 432 MB peak
-                // instead of 383), so the split model is read, not mapped.
-                let params = LlamaModelParams::default().with_use_mmap(false);
-                let mut inner = LlamaModel::load_from_file(backend, &files.base, &params)
-                    .map_err(|e| load_failed(&e))?;
-                let adapter = inner
-                    .lora_adapter_init(&files.offsets)
-                    .map_err(|e| load_failed(&e))?;
-                tracing::debug!(base = %files.base.display(), "Q4_1 model loaded as Q4_0 + offsets");
-                (inner, Some(std::sync::Mutex::new(adapter)))
+        let split_loaded = split_files.and_then(|files| {
+            // Repacked matrices are copied out of the file at load; with the file mapped,
+            // their pages stay resident beside the copies (ask with SAG 8: 432 MB peak
+            // instead of 373), so the split model is read, not mapped.
+            let params = LlamaModelParams::default().with_use_mmap(false);
+            let loaded = LlamaModel::load_from_file(backend, &files.base, &params)
+                .map_err(|e| e.to_string())
+                .and_then(|mut inner| {
+                    let adapter = inner
+                        .lora_adapter_init(&files.offsets)
+                        .map_err(|e| e.to_string())?;
+                    Ok((inner, adapter))
+                });
+            match loaded {
+                Ok((inner, adapter)) => {
+                    tracing::debug!(base = %files.base.display(), "Q4_1 model loaded as Q4_0 + offsets");
+                    Some((inner, Some(std::sync::Mutex::new(adapter))))
+                }
+                Err(e) => {
+                    // A damaged cache must not stop the model: drop it (the next load
+                    // derives it again) and run the file as it is.
+                    let dir = files.base.parent().unwrap_or(&files.base);
+                    tracing::warn!(
+                        error = %e,
+                        dir = %dir.display(),
+                        "the derived Q4_0 + offsets files did not load; removed them, \
+                         loading the model as it is"
+                    );
+                    let _ = std::fs::remove_dir_all(dir);
+                    None
+                }
             }
+        });
+        let (inner, offsets) = match split_loaded {
+            Some(loaded) => loaded,
             None => (
                 LlamaModel::load_from_file(backend, path, &params).map_err(|e| load_failed(&e))?,
                 None,
