@@ -113,6 +113,9 @@ impl AgentConfig {
                 top_p: SAG_TOP_P,
                 top_k: 0,
                 min_p: 0.0,
+                // The paper sampled its candidates with vLLM, which scales by the
+                // temperature before cutting the nucleus.
+                temperature_first: true,
                 ..self.sampling
             };
         }
@@ -944,6 +947,9 @@ mod tests {
             (c.sag, c.sampling.temperature, c.sampling.top_p),
             (8, 0.4, 0.8)
         );
+        // vLLM's order, which the paper sampled with: temperature, then the nucleus.
+        assert!(c.sampling.temperature_first);
+        assert_eq!((c.sampling.top_k, c.sampling.min_p), (0, 0.0));
         assert_eq!(c.context_size(4096), 4096 + 7 * DEFAULT_STEP_TOKENS / 2);
         assert_eq!(
             AgentConfig::default().with_sag(1).sampling,

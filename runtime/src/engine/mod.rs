@@ -388,6 +388,10 @@ pub struct SamplingParams {
     pub repeat_last_n: i32,
     /// Seed of the random sampler; equal seeds give equal outputs.
     pub seed: u32,
+    /// Scale the logits by the temperature before top-k, top-p and min-p, as vLLM and
+    /// Hugging Face do (and so the paper's SAG sampling at 0.4 / 0.8), instead of last, as
+    /// llama.cpp does. At temperature < 1 the nucleus is then smaller.
+    pub temperature_first: bool,
 }
 
 impl Default for SamplingParams {
@@ -400,6 +404,7 @@ impl Default for SamplingParams {
             repeat_penalty: DEFAULT_REPEAT_PENALTY,
             repeat_last_n: DEFAULT_REPEAT_LAST_N,
             seed: DEFAULT_SEED,
+            temperature_first: false,
         }
     }
 }
@@ -445,6 +450,9 @@ impl SamplingParams {
         let draw = if self.temperature <= 0.0 {
             LlamaSampler::greedy()
         } else {
+            if self.temperature_first {
+                filter.push(LlamaSampler::temp(self.temperature));
+            }
             if self.top_k > 0 {
                 filter.push(LlamaSampler::top_k(self.top_k));
             }
@@ -454,7 +462,9 @@ impl SamplingParams {
             if self.min_p > 0.0 {
                 filter.push(LlamaSampler::min_p(self.min_p, 1));
             }
-            filter.push(LlamaSampler::temp(self.temperature));
+            if !self.temperature_first {
+                filter.push(LlamaSampler::temp(self.temperature));
+            }
             LlamaSampler::dist(self.seed)
         };
         (LlamaSampler::chain_simple(filter), draw)
@@ -964,6 +974,8 @@ impl<'m> Session<'m> {
         let mut reported = vec![false; n];
         // Time spent in `on_done` (e.g. running a candidate's code) is not decoding time.
         let mut in_callbacks = std::time::Duration::ZERO;
+        // Time inside `llama_decode`; the rest of `gen_ms` is sampling and bookkeeping.
+        let mut in_decode = std::time::Duration::ZERO;
         // Logits index -> the chain's filter part over those logits, for this position; the
         // vocabulary-sized buffers are reused from position to position (allocating one per
         // draw cost more than the draw).
@@ -1082,7 +1094,9 @@ impl<'m> Session<'m> {
                     group[m] = j;
                 }
             }
+            let t_decode = Instant::now();
             self.ctx.decode(&mut self.batch).map_err(llama_err)?;
+            in_decode += t_decode.elapsed();
             positions += 1;
             evaluated += next.len();
             for (_, token, members) in next {
@@ -1098,6 +1112,7 @@ impl<'m> Session<'m> {
             evaluated,
             mean_width = evaluated as f64 / positions.max(1) as f64,
             gen_ms,
+            decode_ms = in_decode.as_secs_f64() * 1e3,
             "parallel decoding"
         );
         Ok(cands
