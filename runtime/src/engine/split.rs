@@ -11,9 +11,9 @@
 //!
 //! Why bother: llama.cpp multiplies a batch of Q4_1 rows one dot product at a time, while it
 //! repacks Q4_0 into interleaved rows with batched kernels (AVX2, Arm dotprod). On 2 cores
-//! with the default model, 8 candidates decoding side by side cost 2.2–2.3 s instead of
-//! 3.3–4.1 s (`bench parallel`), and prompt evaluation runs ~2.6× faster; one sequence
-//! decodes ~6% slower, the price of the adapter's two small products per matrix.
+//! with the default model, 8 candidates decoding side by side cost 2.2–3.1 s instead of
+//! 3.3–4.2 s (`bench parallel`), and prompt evaluation runs ~2.5× faster; one sequence
+//! decodes 6–11% slower, the price of the adapter's two small products per matrix.
 //!
 //! Fused attention input: where the architecture reads a fused `attn_qkv` tensor (llama),
 //! the Q, K and V matrices of a layer are written as one, so a layer has one adapter pair
@@ -262,7 +262,11 @@ pub fn derive(src: &Path, cache_dir: &Path) -> Result<SplitFiles, SplitError> {
     }
     std::fs::create_dir_all(&dir)?;
     let t = std::time::Instant::now();
-    write_split(src, &files)?;
+    if let Err(e) = write_split(src, &files) {
+        // Leave no empty directory behind for a file that cannot be split.
+        let _ = std::fs::remove_dir(&dir);
+        return Err(e);
+    }
     tracing::info!(
         src = %src.display(),
         dir = %dir.display(),
