@@ -563,3 +563,22 @@ fn index_build_info_and_a_corrupt_shard() {
     );
     assert!(String::from_utf8_lossy(&e.stderr).contains(&out.display().to_string()));
 }
+
+/// Without `RUST_LOG`, a run prints its result and no log lines: llama.cpp's expected
+/// warnings (e.g. one per matrix of the Q4_1 offsets adapter) stay out of the terminal.
+#[test]
+fn a_default_run_prints_no_log_lines() {
+    crate::default_model_path();
+    let out = Command::cargo_bin("small-agent")
+        .unwrap()
+        .env_remove("RUST_LOG")
+        .args(["generate", "--temperature", "0", "--max-tokens", "4", "Hi."])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("WARN") && !stderr.contains("INFO"),
+        "log lines on a default run:\n{stderr}"
+    );
+}

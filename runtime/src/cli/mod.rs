@@ -68,9 +68,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Logs go to stderr through `tracing`, filtered by `RUST_LOG` (default: warnings).
+///
+/// llama.cpp's own log lines arrive under the target `llama-cpp-2` (the wrapper's Rust code
+/// logs under `llama_cpp_2`); both only show errors by default: llama.cpp warns about things
+/// that are expected here, e.g. once per matrix that the Q4_1 offsets adapter stays in the
+/// plain CPU buffer.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,llama_cpp_2=error"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,llama_cpp_2=error,llama-cpp-2=error")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -81,7 +81,7 @@ pub enum EngineError {
     #[error(
         "llama.cpp could not load {path} ({size} B): the file is truncated, corrupt or of an \
          unsupported architecture; re-fetch it (`small-agent models fetch`) or check its \
-         sha256. Details: RUST_LOG=llama_cpp_2=debug"
+         sha256. Details: RUST_LOG=llama-cpp-2=debug"
     )]
     LoadFailed {
         /// The file.
@@ -103,7 +103,7 @@ pub enum EngineError {
         n_ctx_train: u32,
     },
     /// The grammar does not parse.
-    #[error("the GBNF grammar is invalid ({0}); llama.cpp logs the parse error under RUST_LOG=llama_cpp_2=warn")]
+    #[error("the GBNF grammar is invalid ({0}); llama.cpp logs the parse error under RUST_LOG=llama-cpp-2=warn")]
     Grammar(String),
     /// A parameter is out of range.
     #[error("invalid parameter: {0}")]
