@@ -434,7 +434,9 @@ fn the_q4_1_split_scores_text_like_the_file_and_needs_its_offsets() {
     );
     assert!(worst < 1.0, "a token's log-probability moved by {worst}");
     if split_model.is_split() {
-        let files = split::derive(&path, &split::default_cache_dir().unwrap()).unwrap();
+        let files = split::derive(&path, &split::default_cache_dir().unwrap())
+            .unwrap()
+            .expect("the default model has Q4_1 matrices");
         let base_only = Model::load_with(&files.base, &LoadOptions::as_is()).unwrap();
         let (base_nll, _) = nll(&base_only);
         assert!(
@@ -458,7 +460,9 @@ fn a_damaged_split_cache_falls_back_to_the_file_and_is_rederived() {
         split_q4_1: true,
         split_cache: Some(cache.path().to_path_buf()),
     };
-    let files = split::derive(&path, cache.path()).unwrap();
+    let files = split::derive(&path, cache.path())
+        .unwrap()
+        .expect("the default model has Q4_1 matrices");
     let mut bytes = std::fs::read(&files.base).unwrap();
     bytes.truncate(bytes.len() / 2);
     std::fs::write(&files.base, &bytes).unwrap();

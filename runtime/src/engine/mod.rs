@@ -218,15 +218,19 @@ impl Model {
         let backend = backend()?;
         let split_files = match &options.split_cache {
             Some(cache)
-                if options.split_q4_1
-                    && split::pays_here(backend.supports_gpu_offload())
-                    && split::has_q4_1_matrices(path).unwrap_or(false) =>
+                if options.split_q4_1 && split::pays_here(backend.supports_gpu_offload()) =>
             {
                 // The split is an optimisation: if it cannot be had, the file loads as it is
                 // (and a broken file then fails with the loader's own message).
-                split::derive(path, cache)
-                    .map_err(|e| tracing::warn!(error = %e, "loading the Q4_1 model as it is"))
-                    .ok()
+                match split::derive(path, cache) {
+                    Ok(files) => files,
+                    // Not even its header parses: the loader's own error follows.
+                    Err(split::SplitError::Unreadable(_)) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "loading the model as it is");
+                        None
+                    }
+                }
             }
             _ => None,
         };
@@ -1151,9 +1155,8 @@ impl<'m> Session<'m> {
             });
         }
         self.clear();
-        let step = (self.ctx.n_batch() as usize)
-            .min(self.batch_capacity())
-            .max(1);
+        // The context's batch is at most what was asked for, and the batch buffer holds that.
+        let step = (self.ctx.n_batch() as usize).max(1);
         let mut out = Vec::with_capacity(tokens.len().saturating_sub(1));
         for (c, chunk) in tokens.chunks(step).enumerate() {
             self.batch.clear();
@@ -1180,10 +1183,6 @@ impl<'m> Session<'m> {
             self.cached[0].extend_from_slice(chunk);
         }
         Ok(out)
-    }
-
-    fn batch_capacity(&self) -> usize {
-        self.params.n_batch.max(self.params.n_seq_max) as usize
     }
 
     /// Makes sequence `winner` the session's conversation (sequence 0) and frees the others.

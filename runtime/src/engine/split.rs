@@ -183,14 +183,6 @@ fn c_path(path: &Path) -> Result<CString, SplitError> {
         .ok_or_else(|| SplitError::Unsupported(format!("path {} is not UTF-8", path.display())))
 }
 
-/// Whether the file has Q4_1 matrices (reads only the header).
-pub fn has_q4_1_matrices(path: &Path) -> Result<bool, SplitError> {
-    Ok(GgufFile::open(path)?
-        .tensors()
-        .iter()
-        .any(TensorInfo::is_q4_1_matrix))
-}
-
 /// Rewrites rows of Q4_1 blocks as Q4_0 blocks (appended to `base`) and their offsets
 /// `m + 8d` as f16 bit patterns (appended to `offsets`, one per block, row-major).
 fn split_blocks(q4_1: &[u8], base: &mut Vec<u8>, offsets: &mut Vec<u16>) {
@@ -250,19 +242,25 @@ impl Hasher for Fnv {
 }
 
 /// The split files of `src` under `cache_dir`, written on first use (atomically: a reader
-/// never sees a half-written file).
-pub fn derive(src: &Path, cache_dir: &Path) -> Result<SplitFiles, SplitError> {
+/// never sees a half-written file); `None` when `src` has no Q4_1 matrices. A cached pair
+/// is returned without parsing `src` at all (the loader parses the base's header anyway).
+pub fn derive(src: &Path, cache_dir: &Path) -> Result<Option<SplitFiles>, SplitError> {
     let dir = cache_dir.join(cache_key(src)?);
     let files = SplitFiles {
         base: dir.join("base.gguf"),
         offsets: dir.join("offsets.gguf"),
     };
     if files.base.is_file() && files.offsets.is_file() {
-        return Ok(files);
+        return Ok(Some(files));
+    }
+    let file = GgufFile::open(src)?;
+    let tensors = file.tensors();
+    if !tensors.iter().any(TensorInfo::is_q4_1_matrix) {
+        return Ok(None);
     }
     std::fs::create_dir_all(&dir)?;
     let t = std::time::Instant::now();
-    if let Err(e) = write_split(src, &files) {
+    if let Err(e) = write_split(src, &file, &tensors, &files) {
         // Leave no empty directory behind for a file that cannot be split.
         let _ = std::fs::remove_dir(&dir);
         return Err(e);
@@ -273,7 +271,7 @@ pub fn derive(src: &Path, cache_dir: &Path) -> Result<SplitFiles, SplitError> {
         ms = t.elapsed().as_millis() as u64,
         "derived the Q4_0 + offsets layout of the Q4_1 model"
     );
-    Ok(files)
+    Ok(Some(files))
 }
 
 /// One tensor of an output file: its shape comes from `like` (pass-through) or `ne`.
@@ -285,12 +283,15 @@ struct OutTensor {
     data: Vec<u8>,
 }
 
-fn write_split(src: &Path, files: &SplitFiles) -> Result<(), SplitError> {
-    let file = GgufFile::open(src)?;
+fn write_split(
+    src: &Path,
+    file: &GgufFile,
+    tensors: &[TensorInfo],
+    files: &SplitFiles,
+) -> Result<(), SplitError> {
     let arch = file
         .string("general.architecture")
         .ok_or_else(|| SplitError::Unsupported("no general.architecture".into()))?;
-    let tensors = file.tensors();
     let bytes = std::fs::read(src)?;
     let slice = |t: &TensorInfo| -> Result<&[u8], SplitError> {
         bytes
@@ -350,7 +351,7 @@ fn write_split(src: &Path, files: &SplitFiles) -> Result<(), SplitError> {
     } else {
         Vec::new()
     };
-    for t in &tensors {
+    for t in tensors {
         if t.meta.is_null() {
             return Err(SplitError::Unsupported(format!(
                 "tensor {} has no shape",
