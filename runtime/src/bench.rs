@@ -152,7 +152,7 @@ pub struct ParallelBenchResult {
 }
 
 /// Measures one agent-like step: a prompt already in the cache, then `tokens` generated
-/// tokens per candidate (temperature 0.4, top-p 0.8 as in the paper), once with a single
+/// tokens per candidate (SAG's sampling: temperature 0.4, then top-p 0.8), once with a single
 /// sequence and once with `n` sequences decoded side by side.
 pub fn bench_parallel(
     model: &Model,
@@ -176,11 +176,8 @@ pub fn bench_parallel(
     let prompt = random_tokens(params.pp_tokens as usize, model.n_vocab(), 0x5eed);
     let gen = GenerateParams {
         max_tokens: params.tg_tokens,
-        sampling: SamplingParams {
-            temperature: 0.4,
-            top_p: 0.8,
-            ..SamplingParams::default()
-        },
+        // SAG's sampling (the paper's, in vLLM's order).
+        sampling: crate::agent::AgentConfig::default().with_sag(2).sampling,
         ignore_eog: true,
         ..Default::default()
     };

@@ -720,23 +720,32 @@ impl CandidateRunner {
         }
     }
 
-    /// Whether the candidates still decoding can no longer change the winning outcome: the
-    /// largest group is bigger than any other group could grow even if every candidate
-    /// still running joined it.
+    /// Whether the candidates still decoding can no longer change the winning outcome.
+    ///
+    /// The worst case for the current leader is every running candidate joining one rival
+    /// (an existing group or a new one). The leader still wins if that rival stays smaller,
+    /// or only ties while the leader's first member comes earlier than every member the
+    /// rival could have, running ones included: ties go to the earliest candidate.
     pub fn decided(&self) -> bool {
         let (winner, votes) = vote(&self.ran);
-        let remaining = self.ended.iter().filter(|e| !**e).count();
+        let running: Vec<usize> = (0..self.ended.len()).filter(|&i| !self.ended[i]).collect();
+        let remaining = running.len();
         let best = votes[winner];
         if best == 0 {
             return remaining == 0;
         }
+        let first_running = running.first().copied().unwrap_or(usize::MAX);
+        let holds = |size: usize, first: usize| {
+            size + remaining < best
+                || (size + remaining == best && first.min(first_running) > winner)
+        };
         let keys = outcome_keys(&self.ran);
-        let other = (0..self.ran.len())
+        // Checking every member of a rival with its own index checks its earliest one too.
+        let rivals_hold = (0..self.ran.len())
             .filter(|&i| votes[i] > 0 && keys[i] != keys[winner])
-            .map(|i| votes[i])
-            .max()
-            .unwrap_or(0);
-        best > other + remaining
+            .all(|i| holds(votes[i], i));
+        // A rival made only of running candidates.
+        rivals_hold && holds(0, usize::MAX)
     }
 
     /// Milliseconds spent forking and running code so far.
@@ -882,10 +891,36 @@ mod tests {
             &[true, true, true, true, true, false, false, false],
         );
         assert!(r.decided());
-        // Four agree, three running could make a tie of four elsewhere.
+        // Four agree, four running could make a tie of four elsewhere; ties go to the
+        // earliest candidate, so it matters who runs.
+        let r = runner(
+            vec![None, None, None, None, a(), a(), a(), a()],
+            &[false, false, false, false, true, true, true, true],
+        );
+        assert!(!r.decided());
+        // The same with the four that agree first: a tie elsewhere would still lose.
         let r = runner(
             vec![a(), a(), a(), a(), None, None, None, None],
             &[true, true, true, true, false, false, false, false],
+        );
+        assert!(r.decided());
+        // Three "a" (first at 1), two "b" (first at 3), one running after both: a tie of
+        // three would go to "a".
+        let r = runner(
+            vec![failed(), a(), a(), b(), b(), a(), None],
+            &[true, true, true, true, true, true, false],
+        );
+        assert!(r.decided());
+        // ... but not when "b" started before "a".
+        let r = runner(
+            vec![b(), a(), a(), b(), failed(), a(), None],
+            &[true, true, true, true, true, true, false],
+        );
+        assert!(!r.decided());
+        // ... nor when the one running comes before "a"'s first.
+        let r = runner(
+            vec![None, a(), a(), b(), b(), a(), failed()],
+            &[false, true, true, true, true, true, true],
         );
         assert!(!r.decided());
         // Four agree, one differs, one failed, two running: 4 > 1 + 2.

@@ -6,6 +6,7 @@
 //! suffix. The context is created with room for several sequences, so candidates that share
 //! the prompt can later be decoded side by side ([`Session::fork_sequence`]).
 
+mod nucleus;
 pub mod split;
 mod stop;
 mod threadpool;
@@ -28,6 +29,7 @@ use llama_cpp_2::{
 };
 use serde::Serialize;
 
+use nucleus::Nucleus;
 pub use stop::StopBuffer;
 use utf8::Utf8Decoder;
 
@@ -429,13 +431,30 @@ impl SamplingParams {
                     .map_err(|e| EngineError::Grammar(e.to_string()))
             })
             .transpose()?;
-        let (filter, draw) = self.chains(model.n_vocab());
+        let (chain, draw) = self.chains(model.n_vocab());
+        let filter = match self.nucleus() {
+            Some(n) => Filter::Nucleus(n),
+            None => Filter::Chain(chain),
+        };
         Ok(TokenSampler {
             grammar,
             filter,
             draw,
             scratch: LlamaTokenDataArray::new(Vec::new(), false),
         })
+    }
+
+    /// The filter part as a [`Nucleus`] where it is one: temperature first and no repeat
+    /// penalty (which needs the history). SAG's sampling is.
+    fn nucleus(&self) -> Option<Nucleus> {
+        (self.temperature > 0.0 && self.temperature_first && self.repeat_penalty == 1.0).then(
+            || Nucleus {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+            },
+        )
     }
 
     /// The sampling chain in two parts: everything before the choice (repeat penalty, top-k,
@@ -493,17 +512,32 @@ impl SamplingParams {
 /// per member.
 struct TokenSampler {
     grammar: Option<LlamaSampler>,
-    filter: LlamaSampler,
+    filter: Filter,
     draw: LlamaSampler,
     scratch: LlamaTokenDataArray,
 }
 
+/// The part of a sampling chain before the choice.
+enum Filter {
+    /// llama.cpp's samplers over the whole vocabulary.
+    Chain(LlamaSampler),
+    /// Temperature first, computed from the raw logits (see [`nucleus`]).
+    Nucleus(Nucleus),
+}
+
 impl TokenSampler {
-    /// Runs the chain's filter part over one position's logits. Any candidate whose history
-    /// equals this sampler's may [`choose`](Self::choose) from the result.
-    fn filter(&mut self, mut logits: LlamaTokenDataArray) -> LlamaTokenDataArray {
-        logits.apply_sampler(&mut self.filter);
-        logits
+    /// Runs the chain's filter part over one position's `logits` (indexed by token id),
+    /// into `buf`. Any candidate whose history equals this sampler's may
+    /// [`choose`](Self::choose) from the result.
+    fn filter(&mut self, logits: &[f32], mut buf: LlamaTokenDataArray) -> LlamaTokenDataArray {
+        match &mut self.filter {
+            Filter::Chain(chain) => {
+                fill_logits(&mut buf, logits);
+                buf.apply_sampler(chain);
+            }
+            Filter::Nucleus(n) => n.apply(logits, &mut buf),
+        }
+        buf
     }
 
     /// Chooses the next token from `kept` (what [`filter`](Self::filter) left) with this
@@ -531,7 +565,20 @@ impl TokenSampler {
                 None => {
                     let mut cur = logits();
                     cur.apply_sampler(grammar);
-                    cur.apply_sampler(&mut self.filter);
+                    match &mut self.filter {
+                        Filter::Chain(chain) => cur.apply_sampler(chain),
+                        Filter::Nucleus(n) => {
+                            let mut masked = Vec::new();
+                            for d in &cur.data {
+                                let id = d.id().0 as usize;
+                                if masked.len() <= id {
+                                    masked.resize(id + 1, f32::NEG_INFINITY);
+                                }
+                                masked[id] = d.logit();
+                            }
+                            n.apply(&masked, &mut cur);
+                        }
+                    }
                     cur.apply_sampler(&mut self.draw);
                     // The grammar always leaves at least one token (llama.cpp aborts otherwise).
                     cur.selected_token().unwrap_or(LlamaToken(0))
@@ -541,7 +588,9 @@ impl TokenSampler {
         if let Some(g) = &mut self.grammar {
             g.accept(token);
         }
-        self.filter.accept(token);
+        if let Filter::Chain(chain) = &mut self.filter {
+            chain.accept(token);
+        }
         self.draw.accept(token);
         token
     }
@@ -551,7 +600,9 @@ impl TokenSampler {
         if let Some(g) = &mut self.grammar {
             g.accept_many(tokens);
         }
-        self.filter.accept_many(tokens);
+        if let Filter::Chain(chain) = &mut self.filter {
+            chain.accept_many(tokens);
+        }
         self.draw.accept_many(tokens);
     }
 }
@@ -1018,8 +1069,8 @@ impl<'m> Session<'m> {
                             let mut buf = spare.pop().unwrap_or_else(|| {
                                 LlamaTokenDataArray::new(Vec::with_capacity(n_vocab), false)
                             });
-                            fill_logits(&mut buf, self.ctx.get_logits_ith(at));
-                            filtered.push((at, samplers[i].filter(buf)));
+                            let f = samplers[i].filter(self.ctx.get_logits_ith(at), buf);
+                            filtered.push((at, f));
                             filtered.len() - 1
                         }
                     };
@@ -1229,28 +1280,56 @@ mod tests {
 
     /// Logits that depend on the history (as a model's do), peaked enough that candidates
     /// often draw alike and form groups, and spread enough that they also part.
-    fn logits_after(history: &[LlamaToken]) -> LlamaTokenDataArray {
+    fn logits_after(history: &[LlamaToken]) -> Vec<f32> {
         let h = history
             .iter()
             .fold(17u64, |h, t| h.wrapping_mul(31).wrapping_add(t.0 as u64));
-        LlamaTokenDataArray::from_iter(
-            (0..VOCAB).map(|i| {
+        (0..VOCAB)
+            .map(|i| {
                 let x = (i as u64).wrapping_mul(2_654_435_761).wrapping_add(h) % 1000;
-                LlamaTokenData::new(LlamaToken(i as i32), x as f32 / 250.0, 0.0)
-            }),
-            false,
-        )
+                x as f32 / 250.0
+            })
+            .collect()
+    }
+
+    fn array_after(history: &[LlamaToken]) -> LlamaTokenDataArray {
+        let mut a = LlamaTokenDataArray::new(Vec::new(), false);
+        fill_logits(&mut a, &logits_after(history));
+        a
     }
 
     #[test]
     fn filtering_once_per_group_chooses_what_each_whole_chain_would() {
-        let params = SamplingParams {
+        // llama.cpp's filter (a repeat penalty needs the history).
+        filtering_once_per_group_matches_whole_chains(SamplingParams {
             temperature: 0.4,
             top_p: 0.8,
             repeat_penalty: 1.3,
             seed: 11,
             ..SamplingParams::default()
+        });
+    }
+
+    #[test]
+    fn the_native_nucleus_filter_chooses_what_llama_cpp_s_whole_chain_would() {
+        // SAG's sampling: the filter is `Nucleus`, the reference llama.cpp's chain.
+        let params = SamplingParams {
+            temperature: SAG_TEMPERATURE_FOR_TESTS,
+            top_p: 0.8,
+            top_k: 0,
+            min_p: 0.0,
+            temperature_first: true,
+            seed: 5,
+            ..SamplingParams::default()
         };
+        assert!(params.nucleus().is_some());
+        filtering_once_per_group_matches_whole_chains(params);
+    }
+
+    /// The agent's SAG temperature (the engine does not depend on the agent).
+    const SAG_TEMPERATURE_FOR_TESTS: f32 = 0.4;
+
+    fn filtering_once_per_group_matches_whole_chains(params: SamplingParams) {
         let n = 8;
         let member = |i: u32| SamplingParams {
             seed: params.seed + i,
@@ -1266,7 +1345,7 @@ mod tests {
         let mut expected = vec![Vec::new(); n as usize];
         for _ in 0..40 {
             for (i, chain) in whole.iter_mut().enumerate() {
-                let mut cur = logits_after(&expected[i]);
+                let mut cur = array_after(&expected[i]);
                 cur.apply_sampler(chain);
                 let t = cur.selected_token().unwrap();
                 chain.accept(t);
@@ -1277,10 +1356,13 @@ mod tests {
         // histories filters once; every candidate chooses from that.
         let mut split: Vec<TokenSampler> = (0..n)
             .map(|i| {
-                let (filter, draw) = member(i).chains(VOCAB as i32);
+                let (chain, draw) = member(i).chains(VOCAB as i32);
                 TokenSampler {
                     grammar: None,
-                    filter,
+                    filter: match member(i).nucleus() {
+                        Some(n) => Filter::Nucleus(n),
+                        None => Filter::Chain(chain),
+                    },
                     draw,
                     scratch: LlamaTokenDataArray::new(Vec::new(), false),
                 }
@@ -1294,13 +1376,14 @@ mod tests {
                 let p = match groups.iter().position(|(h, _)| *h == got[i]) {
                     Some(p) => p,
                     None => {
-                        let f = split[i].filter(logits_after(&got[i]));
+                        let buf = LlamaTokenDataArray::new(Vec::new(), false);
+                        let f = split[i].filter(&logits_after(&got[i]), buf);
                         groups.push((got[i].clone(), f));
                         filtered_positions += 1;
                         groups.len() - 1
                     }
                 };
-                let t = split[i].choose(&groups[p].1, || logits_after(&got[i]));
+                let t = split[i].choose(&groups[p].1, || array_after(&got[i]));
                 chosen += 1;
                 got[i].push(t);
             }
