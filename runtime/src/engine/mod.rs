@@ -441,20 +441,33 @@ impl SamplingParams {
             filter,
             draw,
             scratch: LlamaTokenDataArray::new(Vec::new(), false),
+            redraws: 0,
+            redraw_width: self.redraw_width(),
         })
+    }
+
+    /// See [`TokenSampler::redraw_width`]: the nucleus' cut-off, unscaled, or 0 for argmax.
+    fn redraw_width(&self) -> Option<f32> {
+        if self.repeat_penalty != 1.0 {
+            None
+        } else if self.temperature <= 0.0 {
+            Some(0.0)
+        } else {
+            self.nucleus()
+                .map(|_| (nucleus::CUTOFF + 1.0) * self.temperature)
+        }
     }
 
     /// The filter part as a [`Nucleus`] where it is one: temperature first and no repeat
     /// penalty (which needs the history). SAG's sampling is.
     fn nucleus(&self) -> Option<Nucleus> {
-        (self.temperature > 0.0 && self.temperature_first && self.repeat_penalty == 1.0).then(
-            || Nucleus {
-                temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                min_p: self.min_p,
-            },
-        )
+        let native = self.temperature > 0.0 && self.temperature_first && self.repeat_penalty == 1.0;
+        native.then_some(Nucleus {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+        })
     }
 
     /// The sampling chain in two parts: everything before the choice (repeat penalty, top-k,
@@ -515,6 +528,12 @@ struct TokenSampler {
     filter: Filter,
     draw: LlamaSampler,
     scratch: LlamaTokenDataArray,
+    /// Draws the grammar rejected.
+    redraws: usize,
+    /// After a rejected draw, only admitted tokens within this many logits of the best
+    /// admitted one can change the choice (see [`admitted_near_best`]); `None`: the chain
+    /// needs the whole vocabulary (e.g. a repeat penalty).
+    redraw_width: Option<f32>,
 }
 
 /// The part of a sampling chain before the choice.
@@ -543,11 +562,7 @@ impl TokenSampler {
     /// Chooses the next token from `kept` (what [`filter`](Self::filter) left) with this
     /// sampler's own draw, and accepts it. `logits` gives the position's logits again, for
     /// the rare draw the grammar rejects.
-    fn choose(
-        &mut self,
-        kept: &LlamaTokenDataArray,
-        logits: impl FnOnce() -> LlamaTokenDataArray,
-    ) -> LlamaToken {
+    fn choose(&mut self, kept: &LlamaTokenDataArray, logits: &[f32]) -> LlamaToken {
         // A copy, because the draw may reorder what it draws from, and the other members of
         // the group draw from the same tokens. Into a kept buffer: after argmax (which the
         // filter leaves the whole vocabulary to) this is a vocabulary-sized copy per token.
@@ -563,20 +578,41 @@ impl TokenSampler {
             Some(grammar) => match drawn.filter(|&t| admits(grammar, t)) {
                 Some(t) => t,
                 None => {
-                    let mut cur = logits();
-                    cur.apply_sampler(grammar);
-                    match &mut self.filter {
-                        Filter::Chain(chain) => cur.apply_sampler(chain),
-                        Filter::Nucleus(n) => {
-                            let mut masked = Vec::new();
-                            for d in &cur.data {
-                                let id = d.id().0 as usize;
-                                if masked.len() <= id {
-                                    masked.resize(id + 1, f32::NEG_INFINITY);
-                                }
-                                masked[id] = d.logit();
+                    self.redraws += 1;
+                    let mut cur = LlamaTokenDataArray::new(Vec::new(), false);
+                    match (&mut self.filter, self.redraw_width) {
+                        (Filter::Nucleus(n), Some(width)) => {
+                            // Only admitted tokens near the best admitted one can matter.
+                            let near = admitted_near_best(
+                                &mut |a: &mut LlamaTokenDataArray| a.apply_sampler(grammar),
+                                logits,
+                                width,
+                            );
+                            let mut masked = vec![f32::NEG_INFINITY; logits.len()];
+                            for d in &near {
+                                masked[d.id().0 as usize] = d.logit();
                             }
                             n.apply(&masked, &mut cur);
+                        }
+                        (Filter::Chain(_), Some(width)) => {
+                            // Greedy: the best admitted token.
+                            cur.data = admitted_near_best(
+                                &mut |a: &mut LlamaTokenDataArray| a.apply_sampler(grammar),
+                                logits,
+                                width,
+                            );
+                        }
+                        (filter, _) => {
+                            fill_logits(&mut cur, logits);
+                            cur.apply_sampler(grammar);
+                            match filter {
+                                Filter::Chain(chain) => cur.apply_sampler(chain),
+                                Filter::Nucleus(n) => {
+                                    let masked: Vec<f32> =
+                                        cur.data.iter().map(|d| d.logit()).collect();
+                                    n.apply(&masked, &mut cur);
+                                }
+                            }
                         }
                     }
                     cur.apply_sampler(&mut self.draw);
@@ -628,6 +664,85 @@ fn admits(grammar: &mut LlamaSampler, token: LlamaToken) -> bool {
     one.data
         .first()
         .is_some_and(|d| d.logit() != f32::NEG_INFINITY)
+}
+
+/// The tokens a grammar admits among those within `width` (in logits) of the best token it
+/// admits, sorted by nothing in particular.
+///
+/// After the grammar rejects a draw, the choice is made again over the grammar-masked
+/// logits. Tokens further than the filter's cut-off below the best admitted one cannot
+/// change it, so instead of passing the whole vocabulary through the grammar (~4 ms for
+/// 49,152 tokens, paid several times per candidate per step at the grammar's fixed
+/// strings), the vocabulary is checked from the top down in widening windows: the first
+/// window holds the tokens within `width` of the best logit, and it widens only while
+/// nothing in it is admitted. `reject` masks the tokens the grammar rejects (logit -inf).
+fn admitted_near_best(
+    reject: &mut dyn FnMut(&mut LlamaTokenDataArray),
+    logits: &[f32],
+    width: f32,
+) -> Vec<LlamaTokenData> {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| !l.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut admitted: Vec<LlamaTokenData> = Vec::new();
+    let mut window = LlamaTokenDataArray::new(Vec::new(), false);
+    let (mut hi, mut step) = (f32::INFINITY, width.max(1.0));
+    let mut lo = max - step;
+    loop {
+        window.data.clear();
+        window.selected = None;
+        window.sorted = false;
+        window.data.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|&(_, &l)| l >= lo && l < hi)
+                .map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0)),
+        );
+        if !window.data.is_empty() {
+            reject(&mut window);
+            admitted.extend(
+                window
+                    .data
+                    .iter()
+                    .filter(|d| d.logit() != f32::NEG_INFINITY)
+                    .copied(),
+            );
+        }
+        if lo == f32::NEG_INFINITY {
+            break;
+        }
+        let best = admitted
+            .iter()
+            .map(|d| d.logit())
+            .fold(f32::NEG_INFINITY, f32::max);
+        if best > f32::NEG_INFINITY {
+            let need = best - width;
+            if need >= lo {
+                break;
+            }
+            // One more window reaches down to what the best admitted token needs.
+            (hi, lo) = (lo, need);
+        } else {
+            step *= 4.0;
+            (hi, lo) = (
+                lo,
+                if step > 1e4 {
+                    f32::NEG_INFINITY
+                } else {
+                    max - step
+                },
+            );
+        }
+    }
+    let best = admitted
+        .iter()
+        .map(|d| d.logit())
+        .fold(f32::NEG_INFINITY, f32::max);
+    admitted.retain(|d| d.logit() >= best - width);
+    admitted
 }
 
 /// One generation request.
@@ -1066,7 +1181,7 @@ impl<'m> Session<'m> {
                     let p = match filtered.iter().position(|(idx, _)| *idx == at) {
                         Some(p) => p,
                         None => {
-                            let mut buf = spare.pop().unwrap_or_else(|| {
+                            let buf = spare.pop().unwrap_or_else(|| {
                                 LlamaTokenDataArray::new(Vec::with_capacity(n_vocab), false)
                             });
                             let f = samplers[i].filter(self.ctx.get_logits_ith(at), buf);
@@ -1074,7 +1189,7 @@ impl<'m> Session<'m> {
                             filtered.len() - 1
                         }
                     };
-                    samplers[i].choose(&filtered[p].1, || self.ctx.token_data_array_ith(at))
+                    samplers[i].choose(&filtered[p].1, self.ctx.get_logits_ith(at))
                 };
                 c.gen_tokens += 1;
                 if !params.ignore_eog && vocab.is_eog(token) {
@@ -1166,6 +1281,7 @@ impl<'m> Session<'m> {
             positions,
             evaluated,
             mean_width = evaluated as f64 / positions.max(1) as f64,
+            grammar_redraws = samplers.iter().map(|s| s.redraws).sum::<usize>(),
             gen_ms,
             decode_ms = in_decode.as_secs_f64() * 1e3,
             "parallel decoding"
@@ -1365,6 +1481,8 @@ mod tests {
                     },
                     draw,
                     scratch: LlamaTokenDataArray::new(Vec::new(), false),
+                    redraws: 0,
+                    redraw_width: member(i).redraw_width(),
                 }
             })
             .collect();
@@ -1383,7 +1501,7 @@ mod tests {
                         groups.len() - 1
                     }
                 };
-                let t = split[i].choose(&groups[p].1, || array_after(&got[i]));
+                let t = split[i].choose(&groups[p].1, &logits_after(&got[i]));
                 chosen += 1;
                 got[i].push(t);
             }
@@ -1395,5 +1513,39 @@ mod tests {
             expected.iter().any(|e| *e != expected[0]),
             "the candidates never parted"
         );
+    }
+
+    #[test]
+    fn after_a_rejected_draw_only_the_admitted_tokens_near_the_best_admitted_one_are_found() {
+        // A "grammar" that admits every 97th token, or only tokens far down the order.
+        let logits: Vec<f32> = (0..5000)
+            .map(|i| ((i as u64 * 2_654_435_761) % 100_000) as f32 / 1000.0)
+            .collect();
+        for (admit_every, width) in [(97usize, 12.8f32), (97, 0.0), (4999, 12.8), (1, 3.0)] {
+            let admit = |id: usize| id.is_multiple_of(admit_every);
+            let mut reject = |a: &mut LlamaTokenDataArray| {
+                for d in &mut a.data {
+                    if !admit(d.id().0 as usize) {
+                        d.set_logit(f32::NEG_INFINITY);
+                    }
+                }
+            };
+            let mut got: Vec<i32> = admitted_near_best(&mut reject, &logits, width)
+                .iter()
+                .map(|d| d.id().0)
+                .collect();
+            got.sort_unstable();
+            // By brute force: every admitted token, then those near the best of them.
+            let best = (0..logits.len())
+                .filter(|&i| admit(i))
+                .map(|i| logits[i])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let want: Vec<i32> = (0..logits.len())
+                .filter(|&i| admit(i) && logits[i] >= best - width)
+                .map(|i| i as i32)
+                .collect();
+            assert!(!want.is_empty());
+            assert_eq!(got, want, "admit every {admit_every}, width {width}");
+        }
     }
 }
