@@ -167,25 +167,39 @@ fn sag_decodes_candidates_together_and_votes_on_forks() {
         assert_eq!(s.winner, 0);
     }
     // Candidates stopped early did not run or vote, and they were stopped only because
-    // the winning group was out of reach even if every one of them had joined another.
-    let abandoned = s.candidates.iter().filter(|c| c.abandoned).count();
+    // the winner was out of reach even if every one of them had joined one rival: that rival
+    // stays smaller, or ties while coming later (ties go to the earliest candidate).
+    let abandoned: Vec<usize> = (0..s.candidates.len())
+        .filter(|&i| s.candidates[i].abandoned)
+        .collect();
     assert!(!s.candidates[s.winner].abandoned, "{s:?}");
-    for c in s.candidates.iter().filter(|c| c.abandoned) {
-        assert!(!c.ran && c.votes == 0, "{s:?}");
+    for &i in &abandoned {
+        assert!(!s.candidates[i].ran && s.candidates[i].votes == 0, "{s:?}");
     }
-    if abandoned > 0 {
+    if let Some(&first_abandoned) = abandoned.first() {
         let in_best = s.candidates.iter().filter(|c| c.votes == best).count();
-        let other = if in_best > best {
-            best
+        // The largest rival and the earliest candidate it may start with. A second group of
+        // the winner's size starts after the winner (the winner is the earliest of them).
+        let (other, rival_first) = if in_best > best {
+            (best, s.winner + 1)
         } else {
-            s.candidates
+            let other = s
+                .candidates
                 .iter()
                 .map(|c| c.votes)
                 .filter(|&v| v != best)
                 .max()
-                .unwrap_or(0)
+                .unwrap_or(0);
+            let first = (0..s.candidates.len())
+                .find(|&i| other > 0 && s.candidates[i].votes == other)
+                .unwrap_or(usize::MAX);
+            (other, first)
         };
-        assert!(best > other + abandoned, "{s:?}");
+        let grown = other + abandoned.len();
+        assert!(
+            grown < best || (grown == best && rival_first.min(first_abandoned) > s.winner),
+            "{s:?}"
+        );
     }
     assert!(s.llm.decoded_tokens > 0, "{s:?}");
 }
