@@ -158,18 +158,18 @@ mod tests {
             .collect()
     }
 
+    /// The same filter through llama.cpp's samplers, as the engine builds it.
     fn llama_filter(n: &Nucleus) -> LlamaSampler {
-        let mut chain = vec![LlamaSampler::temp(n.temperature)];
-        if n.top_k > 0 {
-            chain.push(LlamaSampler::top_k(n.top_k));
-        }
-        if n.top_p < 1.0 {
-            chain.push(LlamaSampler::top_p(n.top_p, 1));
-        }
-        if n.min_p > 0.0 {
-            chain.push(LlamaSampler::min_p(n.min_p, 1));
-        }
-        LlamaSampler::chain_simple(chain)
+        let params = crate::engine::SamplingParams {
+            temperature: n.temperature,
+            top_k: n.top_k,
+            top_p: n.top_p,
+            min_p: n.min_p,
+            repeat_penalty: 1.0,
+            temperature_first: true,
+            ..Default::default()
+        };
+        params.chains(3000).0
     }
 
     fn array(logits: &[f32]) -> LlamaTokenDataArray {
