@@ -431,30 +431,23 @@ impl SamplingParams {
                     .map_err(|e| EngineError::Grammar(e.to_string()))
             })
             .transpose()?;
-        let (chain, draw) = self.chains(model.n_vocab());
+        Ok(self.sampler(model.n_vocab(), grammar))
+    }
+
+    /// The chain as a [`TokenSampler`], with `grammar` beside it.
+    fn sampler(&self, n_vocab: i32, grammar: Option<LlamaSampler>) -> TokenSampler {
+        let (chain, draw) = self.chains(n_vocab);
         let filter = match self.nucleus() {
             Some(n) => Filter::Nucleus(n),
             None => Filter::Chain(chain),
         };
-        Ok(TokenSampler {
+        TokenSampler {
             grammar,
             filter,
             draw,
             scratch: LlamaTokenDataArray::new(Vec::new(), false),
             redraws: 0,
-            redraw_width: self.redraw_width(),
-        })
-    }
-
-    /// See [`TokenSampler::redraw_width`]: the nucleus' cut-off, unscaled, or 0 for argmax.
-    fn redraw_width(&self) -> Option<f32> {
-        if self.repeat_penalty != 1.0 {
-            None
-        } else if self.temperature <= 0.0 {
-            Some(0.0)
-        } else {
-            self.nucleus()
-                .map(|_| (nucleus::CUTOFF + 1.0) * self.temperature)
+            argmax_only: self.temperature <= 0.0 && self.repeat_penalty == 1.0,
         }
     }
 
@@ -530,10 +523,9 @@ struct TokenSampler {
     scratch: LlamaTokenDataArray,
     /// Draws the grammar rejected.
     redraws: usize,
-    /// After a rejected draw, only admitted tokens within this many logits of the best
-    /// admitted one can change the choice (see [`admitted_near_best`]); `None`: the chain
-    /// needs the whole vocabulary (e.g. a repeat penalty).
-    redraw_width: Option<f32>,
+    /// The choice is argmax with nothing before it: after a rejected draw the best admitted
+    /// token is all that is needed.
+    argmax_only: bool,
 }
 
 /// The part of a sampling chain before the choice.
@@ -580,39 +572,25 @@ impl TokenSampler {
                 None => {
                     self.redraws += 1;
                     let mut cur = LlamaTokenDataArray::new(Vec::new(), false);
-                    match (&mut self.filter, self.redraw_width) {
-                        (Filter::Nucleus(n), Some(width)) => {
+                    let mut reject = |a: &mut LlamaTokenDataArray| a.apply_sampler(grammar);
+                    match &mut self.filter {
+                        Filter::Nucleus(n) => {
                             // Only admitted tokens near the best admitted one can matter.
-                            let near = admitted_near_best(
-                                &mut |a: &mut LlamaTokenDataArray| a.apply_sampler(grammar),
-                                logits,
-                                width,
-                            );
+                            let near = admitted_near_best(&mut reject, logits, n.window());
                             let mut masked = vec![f32::NEG_INFINITY; logits.len()];
                             for d in &near {
                                 masked[d.id().0 as usize] = d.logit();
                             }
                             n.apply(&masked, &mut cur);
                         }
-                        (Filter::Chain(_), Some(width)) => {
-                            // Greedy: the best admitted token.
-                            cur.data = admitted_near_best(
-                                &mut |a: &mut LlamaTokenDataArray| a.apply_sampler(grammar),
-                                logits,
-                                width,
-                            );
+                        Filter::Chain(_) if self.argmax_only => {
+                            cur.data = admitted_near_best(&mut reject, logits, 0.0);
                         }
-                        (filter, _) => {
+                        Filter::Chain(chain) => {
+                            // The chain may need every token (e.g. a repeat penalty).
                             fill_logits(&mut cur, logits);
-                            cur.apply_sampler(grammar);
-                            match filter {
-                                Filter::Chain(chain) => cur.apply_sampler(chain),
-                                Filter::Nucleus(n) => {
-                                    let masked: Vec<f32> =
-                                        cur.data.iter().map(|d| d.logit()).collect();
-                                    n.apply(&masked, &mut cur);
-                                }
-                            }
+                            reject(&mut cur);
+                            cur.apply_sampler(chain);
                         }
                     }
                     cur.apply_sampler(&mut self.draw);
@@ -1430,7 +1408,7 @@ mod tests {
     fn the_native_nucleus_filter_chooses_what_llama_cpp_s_whole_chain_would() {
         // SAG's sampling: the filter is `Nucleus`, the reference llama.cpp's chain.
         let params = SamplingParams {
-            temperature: SAG_TEMPERATURE_FOR_TESTS,
+            temperature: 0.4,
             top_p: 0.8,
             top_k: 0,
             min_p: 0.0,
@@ -1441,9 +1419,6 @@ mod tests {
         assert!(params.nucleus().is_some());
         filtering_once_per_group_matches_whole_chains(params);
     }
-
-    /// The agent's SAG temperature (the engine does not depend on the agent).
-    const SAG_TEMPERATURE_FOR_TESTS: f32 = 0.4;
 
     fn filtering_once_per_group_matches_whole_chains(params: SamplingParams) {
         let n = 8;
@@ -1471,20 +1446,7 @@ mod tests {
         // The engine's way: per position, the first candidate of each group of equal
         // histories filters once; every candidate chooses from that.
         let mut split: Vec<TokenSampler> = (0..n)
-            .map(|i| {
-                let (chain, draw) = member(i).chains(VOCAB as i32);
-                TokenSampler {
-                    grammar: None,
-                    filter: match member(i).nucleus() {
-                        Some(n) => Filter::Nucleus(n),
-                        None => Filter::Chain(chain),
-                    },
-                    draw,
-                    scratch: LlamaTokenDataArray::new(Vec::new(), false),
-                    redraws: 0,
-                    redraw_width: member(i).redraw_width(),
-                }
-            })
+            .map(|i| member(i).sampler(VOCAB as i32, None))
             .collect();
         let mut got = vec![Vec::new(); n as usize];
         let (mut filtered_positions, mut chosen) = (0, 0);

@@ -36,6 +36,12 @@ pub struct Nucleus {
 }
 
 impl Nucleus {
+    /// How far below the best logit (unscaled) a token can still survive: the cut-off,
+    /// widened a little so that rounding never drops a token the scaled test would keep.
+    pub fn window(&self) -> f32 {
+        (CUTOFF + 1.0) * self.temperature
+    }
+
     /// Writes into `out` the tokens that survive the filter, best first, with their scaled
     /// logits and probabilities (renormalised over the survivors), marked sorted. `logits`
     /// is indexed by token id; `-inf` entries (e.g. masked by a grammar) never survive.
@@ -49,9 +55,7 @@ impl Nucleus {
             return;
         }
         let t = self.temperature;
-        // Unscaled bound a little wider than the scaled one, so rounding never drops a token
-        // the scaled test would keep.
-        let floor = max - (CUTOFF + 1.0) * t;
+        let floor = max - self.window();
         let best = max / t;
         for (id, &l) in logits.iter().enumerate() {
             if l >= floor {
