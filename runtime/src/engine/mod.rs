@@ -659,11 +659,7 @@ fn admitted_near_best(
     logits: &[f32],
     width: f32,
 ) -> Vec<LlamaTokenData> {
-    let max = logits
-        .iter()
-        .copied()
-        .filter(|l| !l.is_nan())
-        .fold(f32::NEG_INFINITY, f32::max);
+    let max = nucleus::max_of(logits);
     let mut admitted: Vec<LlamaTokenData> = Vec::new();
     let mut window = LlamaTokenDataArray::new(Vec::new(), false);
     let (mut hi, mut step) = (f32::INFINITY, width.max(1.0));

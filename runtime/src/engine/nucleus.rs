@@ -50,7 +50,7 @@ impl Nucleus {
         out.selected = None;
         out.sorted = true;
         let max = max_of(logits);
-        if max == f32::NEG_INFINITY || max.is_nan() {
+        if max == f32::NEG_INFINITY {
             // Nothing admissible: leave the choice to the caller's fallback.
             return;
         }
@@ -123,7 +123,7 @@ fn softmax(data: &mut [LlamaTokenData], best: f32) -> f32 {
 }
 
 /// The largest logit (NaN entries ignored), in lanes the compiler vectorises.
-fn max_of(logits: &[f32]) -> f32 {
+pub(super) fn max_of(logits: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = logits.chunks_exact(LANES);
