@@ -84,6 +84,7 @@ pub fn bench_engine(model: &Model, params: &LlmBenchParams) -> Result<LlmBenchRe
         n_threads_batch: params.threads,
         n_batch: params.pp_tokens.max(1),
         n_seq_max: 1,
+        ..SessionParams::default()
     };
     let pp_prompt = random_tokens(params.pp_tokens as usize, model.n_vocab(), 0x5eed);
     let one = GenerateParams {
@@ -149,6 +150,9 @@ pub struct ParallelBenchResult {
     /// Tokens the N-candidate step evaluated (mean over repetitions), of `n * tokens`:
     /// candidates that have drawn the same tokens so far share an evaluation.
     pub parallel_decoded: f64,
+    /// Baseline of the own output product ([`crate::engine::head`]), where it applies: the
+    /// `n`-sequence step with llama.cpp computing the logits (same sessions otherwise).
+    pub parallel_llama_logits_ms: Option<f64>,
 }
 
 /// Measures one agent-like step: a prompt already in the cache, then `tokens` generated
@@ -165,6 +169,7 @@ pub fn bench_parallel(
         n_threads_batch: params.threads,
         n_batch: params.pp_tokens.max(n),
         n_seq_max: n,
+        ..SessionParams::default()
     };
     // Each side gets the session the agent would give it: `--sag 1` runs in a
     // single-sequence context, which may be configured differently (see `Session::new`).
@@ -173,6 +178,15 @@ pub fn bench_parallel(
         ..sp.clone()
     })?;
     let mut parallel_session = model.session(&sp)?;
+    // The same step with llama.cpp's output product, where ours applies (else `None`).
+    let mut llama_logits_session = if sp.own_output_head && model.has_own_output_head() {
+        Some(model.session(&SessionParams {
+            own_output_head: false,
+            ..sp.clone()
+        })?)
+    } else {
+        None
+    };
     let prompt = random_tokens(params.pp_tokens as usize, model.n_vocab(), 0x5eed);
     let gen = GenerateParams {
         max_tokens: params.tg_tokens,
@@ -181,13 +195,17 @@ pub fn bench_parallel(
         ignore_eog: true,
         ..Default::default()
     };
-    let (mut single, mut parallel) = (Vec::new(), Vec::new());
+    let (mut single, mut parallel, mut llama_logits) = (Vec::new(), Vec::new(), Vec::new());
     let mut decoded = Vec::new();
     for rep in 0..=params.repetitions {
-        for (k, out, session) in [
+        let mut sides = vec![
             (1, &mut single, &mut single_session),
             (n as usize, &mut parallel, &mut parallel_session),
-        ] {
+        ];
+        if let Some(s) = llama_logits_session.as_mut() {
+            sides.push((n as usize, &mut llama_logits, s));
+        }
+        for (k, out, session) in sides {
             // The step's prompt is in the cache already, as after an agent's first step.
             session.complete_tokens(
                 &prompt,
@@ -200,7 +218,7 @@ pub fn bench_parallel(
             let c = session.complete_parallel(&prompt, k, &gen, &mut |_, _| true)?;
             if rep > 0 {
                 out.push(c[0].stats.prompt_ms + c[0].stats.gen_ms);
-                if k > 1 {
+                if k > 1 && decoded.len() < out.len() {
                     decoded.push(c[0].stats.decoded_tokens as f64);
                 }
             }
@@ -215,6 +233,7 @@ pub fn bench_parallel(
         parallel_ms,
         ratio: parallel_ms / single_ms,
         parallel_decoded: mean(&decoded),
+        parallel_llama_logits_ms: (!llama_logits.is_empty()).then(|| mean(&llama_logits)),
     })
 }
 

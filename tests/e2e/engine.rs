@@ -477,3 +477,73 @@ fn a_damaged_split_cache_falls_back_to_the_file_and_is_rederived() {
     assert!(Model::load_with(&path, &options).unwrap().is_split());
     assert!(files.base.exists());
 }
+
+/// Where the CPU has AVX-512 VNNI, the default model's Q8_0 output matrix is multiplied by
+/// our own kernel (`engine::head`) instead of llama.cpp's: the log-probabilities of a text
+/// and the candidates SAG samples must be those llama.cpp's own product gives.
+#[test]
+fn the_own_output_product_gives_llama_cpps_logits() {
+    use small_agent::engine::head::OutputHead;
+    let m = model();
+    assert_eq!(
+        m.has_own_output_head(),
+        OutputHead::supported_here(),
+        "the default model's output matrix is Q8_0: the own product applies wherever the \
+         CPU has the instructions"
+    );
+    let text = m
+        .render_chat(
+            &[
+                ChatMessage::new("user", "How many legs does a spider have?"),
+                ChatMessage::new(
+                    "assistant",
+                    "A spider has eight legs, attached to the front part of its body.",
+                ),
+            ],
+            false,
+        )
+        .unwrap();
+    let tokens = m.tokenize(&text, true);
+    for n_seq_max in [1, 8] {
+        let session = |own: bool| {
+            m.session(&SessionParams {
+                n_seq_max,
+                own_output_head: own,
+                ..params(512)
+            })
+            .unwrap()
+        };
+        let (mut own, mut llama) = (session(true), session(false));
+        let (a, b) = (own.score(&tokens).unwrap(), llama.score(&tokens).unwrap());
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-3,
+            "{n_seq_max} sequences: a token's log-probability differs by {worst}"
+        );
+        // SAG's sampling, 8 candidates: the same texts.
+        let prompt = m.tokenize(
+            &m.render_chat(&user("Name three colours."), true).unwrap(),
+            true,
+        );
+        let gen = GenerateParams {
+            max_tokens: 40,
+            sampling: small_agent::agent::AgentConfig::default()
+                .with_sag(8)
+                .sampling,
+            ..Default::default()
+        };
+        let k = n_seq_max as usize;
+        let texts = |s: &mut small_agent::engine::Session<'_>| {
+            s.complete_parallel(&prompt, k, &gen, &mut |_, _| true)
+                .unwrap()
+                .into_iter()
+                .map(|c| c.text)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(texts(&mut own), texts(&mut llama), "{n_seq_max} sequences");
+    }
+}

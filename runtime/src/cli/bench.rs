@@ -133,6 +133,13 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
                 println!("  1 sequence:   {:8.1} ms", r.single_ms);
                 println!("  {n} sequences: {:8.1} ms", r.parallel_ms);
                 println!("  ratio:        {:8.2}x", r.ratio);
+                if let Some(ms) = r.parallel_llama_logits_ms {
+                    println!(
+                        "  {n} sequences, llama.cpp's output product: {ms:.1} ms (own kernel \
+                         {:.2}x faster)",
+                        ms / r.parallel_ms
+                    );
+                }
                 println!(
                     "  tokens evaluated by the {n}-candidate step: {:.0} of {} (identical \
                      candidates share them)",

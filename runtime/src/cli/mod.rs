@@ -187,6 +187,11 @@ pub struct ContextArgs {
     pub ctx_size: u32,
     #[command(flatten)]
     pub threads: ThreadArgs,
+    /// Leave the logits to llama.cpp's own output product. By default a Q8_0 output matrix
+    /// is multiplied by small-agent's AVX-512 VNNI kernel where the CPU has one (same
+    /// numbers, faster; see ARCHITECTURE.md)
+    #[arg(long, env = "SMALL_AGENT_LLAMA_LOGITS")]
+    pub llama_logits: bool,
 }
 
 impl ContextArgs {
@@ -197,6 +202,7 @@ impl ContextArgs {
             n_ctx: self.ctx_size,
             n_threads: t,
             n_threads_batch: t,
+            own_output_head: !self.llama_logits,
             ..SessionParams::default()
         }
     }

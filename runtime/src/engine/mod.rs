@@ -6,6 +6,7 @@
 //! suffix. The context is created with room for several sequences, so candidates that share
 //! the prompt can later be decoded side by side ([`Session::fork_sequence`]).
 
+pub mod head;
 mod nucleus;
 pub mod split;
 mod stop;
@@ -161,6 +162,11 @@ pub struct Model {
     /// The Q4_1 offsets adapter when the model was loaded split (see [`split`]); every
     /// context of the model applies it.
     offsets: Option<std::sync::Mutex<llama_cpp_2::model::LlamaLoraAdapter>>,
+    /// The output matrix for [`head::OutputHead`], built by the first session that uses it;
+    /// `None` inside when this model or CPU does not qualify.
+    head: OnceLock<Option<std::sync::Arc<head::OutputHead>>>,
+    /// Whether the back-end offloads to a GPU (the own output product is CPU-only).
+    gpu: bool,
 }
 
 /// How [`Model::load_with`] loads a file.
@@ -297,7 +303,41 @@ impl Model {
             path: path.into(),
             template,
             offsets,
+            head: OnceLock::new(),
+            gpu: backend.supports_gpu_offload(),
         })
+    }
+
+    /// Whether sessions of this model can compute their logits with [`head::OutputHead`]
+    /// (a Q8_0 output matrix, a CPU with AVX-512 VNNI, no GPU back-end).
+    pub fn has_own_output_head(&self) -> bool {
+        self.output_head().is_some()
+    }
+
+    /// The output matrix in [`head::OutputHead`]'s layout, read from the file on first use;
+    /// `None` where the model or the CPU does not qualify (llama.cpp then computes logits).
+    fn output_head(&self) -> Option<std::sync::Arc<head::OutputHead>> {
+        if self.gpu {
+            return None;
+        }
+        self.head
+            .get_or_init(|| {
+                if !head::OutputHead::supported_here() {
+                    return None;
+                }
+                let (data, n_embd, n_vocab) = split::read_q8_0_output(&self.path)?;
+                if n_vocab != self.n_vocab() as usize {
+                    return None;
+                }
+                let built = head::OutputHead::from_q8_0(&data, n_embd, n_vocab)?;
+                tracing::debug!(
+                    n_embd,
+                    n_vocab,
+                    "Q8_0 output matrix repacked for own kernel"
+                );
+                Some(std::sync::Arc::new(built))
+            })
+            .clone()
     }
 
     /// Whether the model's Q4_1 matrices were loaded as Q4_0 plus offsets ([`split`]).
@@ -357,6 +397,9 @@ pub struct SessionParams {
     pub n_batch: u32,
     /// Parallel sequences the context can hold.
     pub n_seq_max: u32,
+    /// Compute the logits with [`head::OutputHead`] where it applies (a Q8_0 output matrix,
+    /// a CPU with AVX-512 VNNI); `false` leaves the whole graph to llama.cpp.
+    pub own_output_head: bool,
 }
 
 /// Threads to use by default: one per available core.
@@ -373,6 +416,7 @@ impl Default for SessionParams {
             n_threads_batch: t,
             n_batch: DEFAULT_BATCH,
             n_seq_max: DEFAULT_SEQUENCES,
+            own_output_head: true,
         }
     }
 }
@@ -834,6 +878,83 @@ pub struct Session<'m> {
     /// `cached[s]` = the tokens in the KV cache of sequence `s`, in position order.
     cached: Vec<Vec<LlamaToken>>,
     batch: LlamaBatch<'static>,
+    /// Own output product ([`head`]), where it applies: the context stops its graph at the
+    /// final hidden state, which `capture` receives (declared after `ctx`, which points to it).
+    head: Option<std::sync::Arc<head::OutputHead>>,
+    capture: Option<Box<HiddenCapture>>,
+    /// Batch index -> row of the logits of the last decode (-1: none asked).
+    out_rows: Vec<i32>,
+    /// Logits of the last decode computed by `head`, row-major; empty when llama.cpp's apply.
+    own_logits: Vec<f32>,
+}
+
+/// Receives the final hidden state from the graph evaluation callback.
+struct HiddenCapture {
+    n_embd: usize,
+    /// Rows of `n_embd`, appended per micro-batch of the current decode.
+    hidden: Vec<f32>,
+    /// The tensor did not look as expected; llama.cpp computed the logits itself.
+    declined: bool,
+}
+
+/// Name llama.cpp gives the normalised final hidden state (of the rows that want logits).
+const HIDDEN_TENSOR: &[u8] = b"result_norm";
+
+/// ggml's graph evaluation callback: asks for the final hidden state, copies it into the
+/// [`HiddenCapture`] behind `user` and stops the graph there (the output product is ours).
+unsafe extern "C" fn capture_hidden(
+    t: *mut llama_cpp_sys_2::ggml_tensor,
+    ask: bool,
+    user: *mut std::ffi::c_void,
+) -> bool {
+    // SAFETY: ggml passes a live tensor; its name is NUL-terminated within the array.
+    let t = unsafe { &*t };
+    let name = unsafe { std::ffi::CStr::from_ptr(t.name.as_ptr()) };
+    if name.to_bytes() != HIDDEN_TENSOR {
+        // Not asked for; and when told about it, carry on.
+        return !ask;
+    }
+    if ask {
+        return true;
+    }
+    // SAFETY: `user` is the session's boxed capture, alive as long as the context.
+    let cap = unsafe { &mut *(user as *mut HiddenCapture) };
+    let row = cap.n_embd * std::mem::size_of::<f32>();
+    if t.type_ != llama_cpp_sys_2::GGML_TYPE_F32
+        || t.ne[0] as usize != cap.n_embd
+        || t.nb[1] != row
+        || t.ne[2] != 1
+        || t.ne[3] != 1
+        || t.data.is_null()
+    {
+        cap.declined = true;
+        return true;
+    }
+    let n = t.ne[1] as usize * cap.n_embd;
+    // SAFETY: a contiguous F32 host tensor of `ne[1]` rows of `n_embd` (checked above).
+    cap.hidden
+        .extend_from_slice(unsafe { std::slice::from_raw_parts(t.data as *const f32, n) });
+    false
+}
+
+/// Sets the graph evaluation callback, which llama-cpp-2 0.1.160 has no setter for.
+fn with_eval_callback(
+    mut params: LlamaContextParams,
+    user: *mut std::ffi::c_void,
+) -> LlamaContextParams {
+    // `LlamaContextParams` is a struct of one field, the C struct; equal sizes leave that
+    // field no offset but 0, so the wrapper can be written through as the C struct.
+    const _: () = assert!(
+        std::mem::size_of::<LlamaContextParams>()
+            == std::mem::size_of::<llama_cpp_sys_2::llama_context_params>()
+    );
+    // SAFETY: see above; the pointer is to a live, exclusively borrowed value.
+    let raw = unsafe {
+        &mut *(&mut params as *mut LlamaContextParams as *mut llama_cpp_sys_2::llama_context_params)
+    };
+    raw.cb_eval = Some(capture_hidden);
+    raw.cb_eval_user_data = user;
+    params
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -902,6 +1023,22 @@ impl<'m> Session<'m> {
         } else {
             cparams
         };
+        let head = if params.own_output_head {
+            model.output_head()
+        } else {
+            None
+        };
+        let mut capture = head.as_ref().map(|h| {
+            Box::new(HiddenCapture {
+                n_embd: h.n_embd(),
+                hidden: Vec::new(),
+                declined: false,
+            })
+        });
+        let cparams = match capture.as_mut() {
+            Some(c) => with_eval_callback(cparams, &mut **c as *mut HiddenCapture as *mut _),
+            None => cparams,
+        };
         let mut ctx = model
             .inner
             .new_context(backend, cparams)
@@ -922,6 +1059,10 @@ impl<'m> Session<'m> {
             params: params.clone(),
             cached: vec![Vec::new(); params.n_seq_max as usize],
             batch: LlamaBatch::new(batch_cap, params.n_seq_max as i32),
+            head,
+            capture,
+            out_rows: Vec::with_capacity(batch_cap),
+            own_logits: Vec::new(),
         })
     }
 
@@ -1147,7 +1288,7 @@ impl<'m> Session<'m> {
                     continue;
                 }
                 let token = if plain_argmax {
-                    argmax(self.ctx.get_logits_ith(logits_idx[i]))
+                    argmax(self.logits_ith(logits_idx[i]))
                 } else {
                     // Equal logits index = equal history (see `TokenSampler`): the first
                     // member of each group filters, every member chooses.
@@ -1158,12 +1299,12 @@ impl<'m> Session<'m> {
                             let buf = spare.pop().unwrap_or_else(|| {
                                 LlamaTokenDataArray::new(Vec::with_capacity(n_vocab), false)
                             });
-                            let f = samplers[i].filter(self.ctx.get_logits_ith(at), buf);
+                            let f = samplers[i].filter(self.logits_ith(at), buf);
                             filtered.push((at, f));
                             filtered.len() - 1
                         }
                     };
-                    samplers[i].choose(&filtered[p].1, self.ctx.get_logits_ith(at))
+                    samplers[i].choose(&filtered[p].1, self.logits_ith(at))
                 };
                 c.gen_tokens += 1;
                 if !params.ignore_eog && vocab.is_eog(token) {
@@ -1225,21 +1366,19 @@ impl<'m> Session<'m> {
             if next.is_empty() {
                 break;
             }
-            self.batch.clear();
+            self.batch_clear();
             for (j, (_, token, members)) in next.iter().enumerate() {
                 // Members of a group have equal histories, hence equal positions.
                 let pos = self.cached[members[0]].len() as i32;
                 let seqs: Vec<i32> = members.iter().map(|&m| m as i32).collect();
-                self.batch
-                    .add(*token, pos, &seqs, true)
-                    .map_err(llama_err)?;
+                self.batch_add(*token, pos, &seqs, true)?;
                 for &m in members {
                     logits_idx[m] = j as i32;
                     group[m] = j;
                 }
             }
             let t_decode = Instant::now();
-            self.ctx.decode(&mut self.batch).map_err(llama_err)?;
+            self.decode()?;
             in_decode += t_decode.elapsed();
             positions += 1;
             evaluated += next.len();
@@ -1249,6 +1388,7 @@ impl<'m> Session<'m> {
                 }
             }
         }
+        self.rest();
         let gen_ms = t1.elapsed().saturating_sub(in_callbacks).as_secs_f64() * 1e3;
         tracing::debug!(
             n,
@@ -1300,18 +1440,16 @@ impl<'m> Session<'m> {
         let step = (self.ctx.n_batch() as usize).max(1);
         let mut out = Vec::with_capacity(tokens.len().saturating_sub(1));
         for (c, chunk) in tokens.chunks(step).enumerate() {
-            self.batch.clear();
+            self.batch_clear();
             for (j, t) in chunk.iter().enumerate() {
-                self.batch
-                    .add(*t, (c * step + j) as i32, &[0], true)
-                    .map_err(llama_err)?;
+                self.batch_add(*t, (c * step + j) as i32, &[0], true)?;
             }
-            self.ctx.decode(&mut self.batch).map_err(llama_err)?;
+            self.decode()?;
             for j in 0..chunk.len() {
                 let Some(next) = tokens.get(c * step + j + 1) else {
                     break;
                 };
-                let logits = self.ctx.get_logits_ith(j as i32);
+                let logits = self.logits_ith(j as i32);
                 let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let log_z = max
                     + logits
@@ -1323,6 +1461,7 @@ impl<'m> Session<'m> {
             }
             self.cached[0].extend_from_slice(chunk);
         }
+        self.rest();
         Ok(out)
     }
 
@@ -1340,6 +1479,78 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
+    /// Sends the decoding threads to sleep: by default they poll for the next graph for a
+    /// long while (~0.1 s), holding a core that the sandbox, the tokenizer or another
+    /// session's decoding then lacks. The next decode wakes them (microseconds).
+    fn rest(&self) {
+        if let Some(pool) = &self._pool {
+            pool.pause();
+        }
+    }
+
+    fn batch_clear(&mut self) {
+        self.batch.clear();
+        self.out_rows.clear();
+    }
+
+    /// Adds a token to the batch, noting which row of logits it will get.
+    fn batch_add(&mut self, token: LlamaToken, pos: i32, seqs: &[i32], logits: bool) -> Result<()> {
+        self.batch
+            .add(token, pos, seqs, logits)
+            .map_err(llama_err)?;
+        let row = if logits {
+            self.out_rows.iter().filter(|&&r| r >= 0).count() as i32
+        } else {
+            -1
+        };
+        self.out_rows.push(row);
+        Ok(())
+    }
+
+    /// Evaluates the batch; where the session has its own output product, computes the
+    /// logits from the captured hidden state.
+    fn decode(&mut self) -> Result<()> {
+        self.own_logits.clear();
+        if let Some(c) = self.capture.as_mut() {
+            c.hidden.clear();
+            c.declined = false;
+        }
+        self.ctx.decode(&mut self.batch).map_err(llama_err)?;
+        let (Some(cap), Some(head)) = (self.capture.as_ref(), self.head.as_ref()) else {
+            return Ok(());
+        };
+        let rows = cap.hidden.len() / head.n_embd();
+        let wanted = self.out_rows.iter().filter(|&&r| r >= 0).count();
+        if cap.declined || rows == 0 {
+            // The graph ran to its end: llama.cpp's logits are there.
+            return Ok(());
+        }
+        if rows != wanted {
+            return Err(EngineError::Llama(format!(
+                "captured {rows} hidden rows for {wanted} tokens that want logits"
+            )));
+        }
+        // The output product runs on our threads: the graph's must not hold the cores.
+        self.rest();
+        head.logits(
+            &cap.hidden,
+            &mut self.own_logits,
+            self.params.n_threads.max(1) as usize,
+        );
+        Ok(())
+    }
+
+    /// Logits of batch entry `i` of the last decode.
+    fn logits_ith(&self, i: i32) -> &[f32] {
+        match &self.head {
+            Some(head) if !self.own_logits.is_empty() => {
+                let row = self.out_rows[i as usize] as usize;
+                &self.own_logits[row * head.n_vocab()..][..head.n_vocab()]
+            }
+            _ => self.ctx.get_logits_ith(i),
+        }
+    }
+
     /// Evaluates `tokens` at the end of sequence `seq`, in batches; logits of the last one
     /// are kept for sampling.
     fn eval(&mut self, seq: usize, tokens: &[LlamaToken]) -> Result<()> {
@@ -1347,15 +1558,13 @@ impl<'m> Session<'m> {
         let n_batch = self.ctx.n_batch() as usize;
         for (i, chunk) in tokens.chunks(n_batch).enumerate() {
             let last_chunk = (i + 1) * n_batch >= tokens.len();
-            self.batch.clear();
+            self.batch_clear();
             for (j, t) in chunk.iter().enumerate() {
                 let pos = self.cached[seq].len() + j;
                 let logits = last_chunk && j + 1 == chunk.len();
-                self.batch
-                    .add(*t, pos as i32, &[seq as i32], logits)
-                    .map_err(llama_err)?;
+                self.batch_add(*t, pos as i32, &[seq as i32], logits)?;
             }
-            self.ctx.decode(&mut self.batch).map_err(llama_err)?;
+            self.decode()?;
             self.cached[seq].extend_from_slice(chunk);
         }
         Ok(())

@@ -177,6 +177,27 @@ impl TensorInfo {
     }
 }
 
+/// The model's output matrix when it is Q8_0: its bytes, width (n_embd) and rows (n_vocab).
+/// The matrix is `output.weight`, or `token_embd.weight` where the model ties the two.
+/// `None` for any other type or an unreadable file.
+pub(crate) fn read_q8_0_output(path: &Path) -> Option<(Vec<u8>, usize, usize)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let file = GgufFile::open(path).ok()?;
+    let tensors = file.tensors();
+    let t = tensors
+        .iter()
+        .find(|t| t.name == "output.weight")
+        .or_else(|| tensors.iter().find(|t| t.name == "token_embd.weight"))?;
+    if t.ggml_type != sys::GGML_TYPE_Q8_0 || t.ne[2] != 1 || t.ne[3] != 1 {
+        return None;
+    }
+    let mut f = std::fs::File::open(path).ok()?;
+    f.seek(SeekFrom::Start(t.start as u64)).ok()?;
+    let mut data = vec![0u8; t.len];
+    f.read_exact(&mut data).ok()?;
+    Some((data, t.ne[0] as usize, t.ne[1] as usize))
+}
+
 fn c_path(path: &Path) -> Result<CString, SplitError> {
     path.to_str()
         .and_then(|s| CString::new(s).ok())

@@ -46,6 +46,15 @@ impl CpuThreadPool {
     }
 }
 
+impl CpuThreadPool {
+    /// Sends the workers to sleep now instead of letting them poll for the next graph (they
+    /// poll for a long while by default, holding a core). The next graph wakes them.
+    pub(crate) fn pause(&self) {
+        // SAFETY: a live pool; pausing only sets a flag under the pool's mutex.
+        unsafe { sys::ggml_threadpool_pause(self.raw) };
+    }
+}
+
 impl Drop for CpuThreadPool {
     fn drop(&mut self) {
         // SAFETY: the context that used the pool has been dropped before (field order).
