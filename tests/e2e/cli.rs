@@ -461,6 +461,40 @@ fn bench_parallel_reports_the_step_ratio() {
     for k in ["single_ms", "parallel_ms", "ratio"] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
     }
+    // The own output product's baseline is measured where the product applies.
+    let own = small_agent::engine::head::OutputHead::supported_here();
+    assert_eq!(
+        v["parallel_llama_logits_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0),
+        own,
+        "{v}"
+    );
+}
+
+/// The switches that have an environment variable take the usual spellings of a boolean
+/// there (`1`, `0`, `true`, `yes`...), and both settings generate the same greedy text.
+#[test]
+fn engine_switches_read_boolean_environment_values() {
+    crate::default_model_path();
+    let text = |env: &[(&str, &str)]| {
+        let out = cmd()
+            .args(["generate", "--threads", "1", "--json", "--temperature", "0"])
+            .args(["--max-tokens", "12", "Name three colours."])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{env:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_of(&out)["text"].as_str().unwrap().to_owned()
+    };
+    let own = text(&[("SMALL_AGENT_LLAMA_LOGITS", "0")]);
+    assert_eq!(text(&[("SMALL_AGENT_LLAMA_LOGITS", "1")]), own);
+    assert_eq!(text(&[("SMALL_AGENT_LLAMA_LOGITS", "yes")]), own);
+    assert!(!text(&[("SMALL_AGENT_AS_IS", "1")]).is_empty());
 }
 
 #[test]

@@ -139,19 +139,25 @@ pub fn run(a: BenchSagArgs) -> Result<ExitCode> {
     );
     bar.set_message(a.n.to_string());
     let mut rows = Vec::new();
-    for q in &questions {
-        let mut times = Vec::new();
-        for agent in &mut agents {
-            let run = agent.run(&q.question, &mut |_| true)?;
+    for (i, q) in questions.iter().enumerate() {
+        // Alternate which side goes first, so that neither always runs on a machine the
+        // other has just warmed (caches) or left busy.
+        let order: [usize; 2] = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut times = [None, None];
+        for k in order {
+            let run = agents[k].run(&q.question, &mut |_| true)?;
             let step = run.steps.first().ok_or_else(|| {
                 anyhow::anyhow!("the agent ended before its first step: {:?}", run.failure)
             })?;
-            times.push(StepTimes::of(step));
+            times[k] = Some(StepTimes::of(step));
         }
+        let [Some(single), Some(sag)] = times else {
+            unreachable!("both sides ran")
+        };
         rows.push(QuestionRow {
             question: q.question.clone(),
-            single: times[0],
-            sag: times[1],
+            single,
+            sag,
         });
         bar.inc(1);
     }

@@ -131,7 +131,7 @@ pub struct ModelArgs {
     pub model: Option<PathBuf>,
     /// Load the GGUF exactly as it is: no Q4_1 -> Q4_0 + offsets split (the split computes
     /// the same weights with faster batched kernels; see ARCHITECTURE.md)
-    #[arg(long, env = "SMALL_AGENT_AS_IS")]
+    #[arg(long, env = "SMALL_AGENT_AS_IS", value_parser = clap::builder::BoolishValueParser::new())]
     pub as_is: bool,
 }
 
@@ -190,7 +190,7 @@ pub struct ContextArgs {
     /// Leave the logits to llama.cpp's own output product. By default a Q8_0 output matrix
     /// is multiplied by small-agent's AVX-512 VNNI kernel where the CPU has one (same
     /// numbers, faster; see ARCHITECTURE.md)
-    #[arg(long, env = "SMALL_AGENT_LLAMA_LOGITS")]
+    #[arg(long, env = "SMALL_AGENT_LLAMA_LOGITS", value_parser = clap::builder::BoolishValueParser::new())]
     pub llama_logits: bool,
 }
 
