@@ -881,9 +881,11 @@ pub struct Session<'m> {
     /// Own output product ([`head`]), where it applies: the context stops its graph at the
     /// final hidden state, which `capture` receives (declared after `ctx`, which points to it).
     head: Option<std::sync::Arc<head::OutputHead>>,
-    capture: Option<Box<HiddenCapture>>,
+    capture: Option<CaptureCell>,
     /// Batch index -> row of the logits of the last decode (-1: none asked).
     out_rows: Vec<i32>,
+    /// Tokens of the batch that ask for logits.
+    n_outputs: i32,
     /// Logits of the last decode computed by `head`, row-major; empty when llama.cpp's apply.
     own_logits: Vec<f32>,
 }
@@ -895,6 +897,40 @@ struct HiddenCapture {
     hidden: Vec<f32>,
     /// The tensor did not look as expected; llama.cpp computed the logits itself.
     declined: bool,
+}
+
+/// The [`HiddenCapture`] the context's callback writes to, owned through a raw pointer: the
+/// C side holds the same pointer, so no Rust reference to it may live across a decode.
+struct CaptureCell(std::ptr::NonNull<HiddenCapture>);
+
+impl CaptureCell {
+    fn new(n_embd: usize) -> Self {
+        let boxed = Box::new(HiddenCapture {
+            n_embd,
+            hidden: Vec::new(),
+            declined: false,
+        });
+        Self(std::ptr::NonNull::from(Box::leak(boxed)))
+    }
+
+    fn as_ptr(&self) -> *mut HiddenCapture {
+        self.0.as_ptr()
+    }
+
+    /// The capture, between decodes.
+    fn get(&mut self) -> &mut HiddenCapture {
+        // SAFETY: a live allocation of ours; the callback only runs inside `decode`, which
+        // holds no reference to it while llama.cpp runs.
+        unsafe { self.0.as_mut() }
+    }
+}
+
+impl Drop for CaptureCell {
+    fn drop(&mut self) {
+        // SAFETY: leaked from a Box in `new`, freed once; the session drops its context
+        // (the only other holder of the pointer) before this field.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
 }
 
 /// Name llama.cpp gives the normalised final hidden state (of the rows that want logits).
@@ -917,7 +953,7 @@ unsafe extern "C" fn capture_hidden(
     if ask {
         return true;
     }
-    // SAFETY: `user` is the session's boxed capture, alive as long as the context.
+    // SAFETY: `user` is the session's `CaptureCell` pointer, alive as long as the context.
     let cap = unsafe { &mut *(user as *mut HiddenCapture) };
     let row = cap.n_embd * std::mem::size_of::<f32>();
     if t.type_ != llama_cpp_sys_2::GGML_TYPE_F32
@@ -1028,15 +1064,9 @@ impl<'m> Session<'m> {
         } else {
             None
         };
-        let mut capture = head.as_ref().map(|h| {
-            Box::new(HiddenCapture {
-                n_embd: h.n_embd(),
-                hidden: Vec::new(),
-                declined: false,
-            })
-        });
-        let cparams = match capture.as_mut() {
-            Some(c) => with_eval_callback(cparams, &mut **c as *mut HiddenCapture as *mut _),
+        let capture = head.as_ref().map(|h| CaptureCell::new(h.n_embd()));
+        let cparams = match &capture {
+            Some(c) => with_eval_callback(cparams, c.as_ptr().cast()),
             None => cparams,
         };
         let mut ctx = model
@@ -1062,6 +1092,7 @@ impl<'m> Session<'m> {
             head,
             capture,
             out_rows: Vec::with_capacity(batch_cap),
+            n_outputs: 0,
             own_logits: Vec::new(),
         })
     }
@@ -1491,6 +1522,7 @@ impl<'m> Session<'m> {
     fn batch_clear(&mut self) {
         self.batch.clear();
         self.out_rows.clear();
+        self.n_outputs = 0;
     }
 
     /// Adds a token to the batch, noting which row of logits it will get.
@@ -1498,12 +1530,12 @@ impl<'m> Session<'m> {
         self.batch
             .add(token, pos, seqs, logits)
             .map_err(llama_err)?;
-        let row = if logits {
-            self.out_rows.iter().filter(|&&r| r >= 0).count() as i32
+        if logits {
+            self.out_rows.push(self.n_outputs);
+            self.n_outputs += 1;
         } else {
-            -1
-        };
-        self.out_rows.push(row);
+            self.out_rows.push(-1);
+        }
         Ok(())
     }
 
@@ -1512,15 +1544,17 @@ impl<'m> Session<'m> {
     fn decode(&mut self) -> Result<()> {
         self.own_logits.clear();
         if let Some(c) = self.capture.as_mut() {
+            let c = c.get();
             c.hidden.clear();
             c.declined = false;
         }
         self.ctx.decode(&mut self.batch).map_err(llama_err)?;
-        let (Some(cap), Some(head)) = (self.capture.as_ref(), self.head.as_ref()) else {
+        let (Some(cap), Some(head)) = (self.capture.as_mut(), self.head.as_ref()) else {
             return Ok(());
         };
+        let cap = cap.get();
         let rows = cap.hidden.len() / head.n_embd();
-        let wanted = self.out_rows.iter().filter(|&&r| r >= 0).count();
+        let wanted = self.n_outputs as usize;
         if cap.declined || rows == 0 {
             // The graph ran to its end: llama.cpp's logits are there.
             return Ok(());
@@ -1531,7 +1565,9 @@ impl<'m> Session<'m> {
             )));
         }
         // The output product runs on our threads: the graph's must not hold the cores.
-        self.rest();
+        if let Some(pool) = &self._pool {
+            pool.pause();
+        }
         head.logits(
             &cap.hidden,
             &mut self.own_logits,
