@@ -137,10 +137,11 @@ impl OutputHead {
     pub fn logits(&self, hidden: &[f32], out: &mut Vec<f32>, threads: usize) {
         let rows = hidden.len() / self.n_embd;
         out.clear();
-        out.resize(rows * self.n_vocab, 0.0);
         if rows == 0 {
             return;
         }
+        // Every element is written below (all groups of all rows): no zero fill first.
+        out.reserve(rows * self.n_vocab);
         let x = self.quantise(hidden, rows);
         let groups = self.n_vocab / GROUP_ROWS;
         let threads = threads.clamp(1, groups);
@@ -160,6 +161,8 @@ impl OutputHead {
             // SAFETY: as above, range `0..per`.
             unsafe { self.groups(x, rows, 0, per.min(groups), out_ptr.0) }
         });
+        // SAFETY: the threads above wrote all `rows · n_vocab` floats (capacity reserved).
+        unsafe { out.set_len(rows * self.n_vocab) };
     }
 
     fn quantise(&self, hidden: &[f32], rows: usize) -> QuantisedRows {
@@ -182,7 +185,7 @@ impl OutputHead {
     /// Groups `g0..g1` for every row; writes `out[r·n_vocab + g·16 ..][..16]`.
     ///
     /// # Safety
-    /// `out` points to `rows · n_vocab` floats; no other thread writes these columns.
+    /// `out` points to room for `rows · n_vocab` floats; no other thread writes these columns.
     unsafe fn groups(&self, x: &QuantisedRows, rows: usize, g0: usize, g1: usize, out: *mut f32) {
         let mut r0 = 0;
         while r0 < rows {
@@ -259,49 +262,16 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// IEEE half → single (exact).
+/// IEEE half → single, as ggml converts.
 fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let man = (h & 0x3ff) as u32;
-    let bits = match exp {
-        0 if man == 0 => sign,
-        0 => {
-            // Subnormal: value = man · 2^-24.
-            let v = man as f32 * f32::from_bits(0x3380_0000);
-            return if sign != 0 { -v } else { v };
-        }
-        0x1f => sign | 0x7f80_0000 | (man << 13),
-        _ => sign | ((exp + 127 - 15) << 23) | (man << 13),
-    };
-    f32::from_bits(bits)
+    // SAFETY: a pure conversion function of ggml.
+    unsafe { llama_cpp_sys_2::ggml_fp16_to_fp32(h) }
 }
 
-/// Single → half, round to nearest even (what ggml's F16C conversion does).
+/// Single → half (nearest, ties to even), as ggml converts.
 fn f32_to_f16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let a = f32::from_bits(bits & 0x7fff_ffff);
-    if a.is_nan() {
-        return sign | 0x7e00;
-    }
-    if a >= 65520.0 {
-        return sign | 0x7c00;
-    }
-    if a < f32::from_bits(0x3880_0000) {
-        // Below the smallest normal half (2^-14): a multiple of 2^-24, rounded to even.
-        let m = (a / f32::from_bits(0x3380_0000)).round_ties_even() as u16;
-        return sign | m;
-    }
-    let b = a.to_bits();
-    let exp = (b >> 23) as i32 - 127 + 15;
-    let man = b & 0x7f_ffff;
-    let mut h = ((exp as u32) << 10) | (man >> 13);
-    let rest = man & 0x1fff;
-    if rest > 0x1000 || (rest == 0x1000 && (h & 1) == 1) {
-        h += 1;
-    }
-    sign | h as u16
+    // SAFETY: a pure conversion function of ggml.
+    unsafe { llama_cpp_sys_2::ggml_fp32_to_fp16(x) }
 }
 
 #[cfg(test)]
@@ -363,18 +333,6 @@ mod tests {
             }
         }
         out
-    }
-
-    #[test]
-    fn half_conversions_round_trip_and_round_to_even() {
-        for h in [
-            0u16, 1, 0x3c00, 0x3c01, 0x7bff, 0x0400, 0x03ff, 0x8001, 0xbc00,
-        ] {
-            assert_eq!(f32_to_f16(f16_to_f32(h)), h, "{h:#x}");
-        }
-        // 1 + 2^-11 is halfway between 1 and the next half: ties go to the even one (1).
-        assert_eq!(f32_to_f16(1.0 + f32::powi(2.0, -11)), 0x3c00);
-        assert_eq!(f32_to_f16(1.0 + 3.0 * f32::powi(2.0, -11)), 0x3c02);
     }
 
     #[test]

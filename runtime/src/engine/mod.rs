@@ -943,10 +943,14 @@ unsafe extern "C" fn capture_hidden(
     ask: bool,
     user: *mut std::ffi::c_void,
 ) -> bool {
-    // SAFETY: ggml passes a live tensor; its name is NUL-terminated within the array.
+    // SAFETY: ggml passes a live tensor.
     let t = unsafe { &*t };
-    let name = unsafe { std::ffi::CStr::from_ptr(t.name.as_ptr()) };
-    if name.to_bytes() != HIDDEN_TENSOR {
+    // Called for every node of every graph: compare the name's first bytes and its end in
+    // place (no length scan).
+    let name = &t.name[..=HIDDEN_TENSOR.len()];
+    let is_hidden = name[HIDDEN_TENSOR.len()] == 0
+        && name.iter().zip(HIDDEN_TENSOR).all(|(&c, &h)| c as u8 == h);
+    if !is_hidden {
         // Not asked for; and when told about it, carry on.
         return !ask;
     }
