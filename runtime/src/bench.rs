@@ -198,14 +198,15 @@ pub fn bench_parallel(
     let (mut single, mut parallel, mut llama_logits) = (Vec::new(), Vec::new(), Vec::new());
     let mut decoded = Vec::new();
     for rep in 0..=params.repetitions {
+        // (candidates, times, session, whether its evaluated tokens are the ones reported)
         let mut sides = vec![
-            (1, &mut single, &mut single_session),
-            (n as usize, &mut parallel, &mut parallel_session),
+            (1, &mut single, &mut single_session, false),
+            (n as usize, &mut parallel, &mut parallel_session, true),
         ];
         if let Some(s) = llama_logits_session.as_mut() {
-            sides.push((n as usize, &mut llama_logits, s));
+            sides.push((n as usize, &mut llama_logits, s, false));
         }
-        for (k, out, session) in sides {
+        for (k, out, session, report_decoded) in sides {
             // The step's prompt is in the cache already, as after an agent's first step.
             session.complete_tokens(
                 &prompt,
@@ -218,7 +219,7 @@ pub fn bench_parallel(
             let c = session.complete_parallel(&prompt, k, &gen, &mut |_, _| true)?;
             if rep > 0 {
                 out.push(c[0].stats.prompt_ms + c[0].stats.gen_ms);
-                if k > 1 && decoded.len() < out.len() {
+                if report_decoded {
                     decoded.push(c[0].stats.decoded_tokens as f64);
                 }
             }

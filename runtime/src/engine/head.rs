@@ -1,5 +1,5 @@
 //! The output matrix (final hidden state → vocabulary logits) of a Q8_0 model, multiplied by
-//! our own kernel for multi-sequence sessions.
+//! our own kernel in every session where it applies.
 //!
 //! Why: at a SAG position the context evaluates one row per distinct candidate (about five).
 //! llama.cpp multiplies those rows by a Q8_0 output matrix with a generic 4-row tile kernel
@@ -68,7 +68,6 @@ impl OutputHead {
             std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vnni")
-                && std::arch::is_x86_feature_detected!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -77,9 +76,11 @@ impl OutputHead {
     }
 
     /// Repacks a Q8_0 matrix of `n_vocab` rows × `n_embd` columns (ggml's row-major block
-    /// layout). `None` when the shape does not fit the layout.
+    /// layout). `None` when the shape does not fit the layout, or where this CPU lacks the
+    /// kernel's instructions (so a head that exists can always run).
     pub fn from_q8_0(data: &[u8], n_embd: usize, n_vocab: usize) -> Option<Self> {
-        if n_embd == 0
+        if !Self::supported_here()
+            || n_embd == 0
             || !n_embd.is_multiple_of(QK8_0)
             || n_vocab == 0
             || !n_vocab.is_multiple_of(GROUP_ROWS)
@@ -133,7 +134,7 @@ impl OutputHead {
     }
 
     /// `out[r·n_vocab + v]` = logit `v` of input row `r` (`hidden` holds rows of `n_embd`),
-    /// on up to `threads` threads. Must only be called where [`Self::supported_here`].
+    /// on up to `threads` threads.
     pub fn logits(&self, hidden: &[f32], out: &mut Vec<f32>, threads: usize) {
         let rows = hidden.len() / self.n_embd;
         out.clear();
@@ -191,8 +192,8 @@ impl OutputHead {
         while r0 < rows {
             let n = (rows - r0).min(ROWS_PER_PASS);
             for g in g0..g1 {
-                // SAFETY: the caller's contract, and `supported_here` was checked by the
-                // session before it built a head.
+                // SAFETY: the caller's contract, and `from_q8_0` built this head only where
+                // `supported_here`.
                 unsafe {
                     match n {
                         1 => self.group::<1>(x, r0, g, out),
@@ -373,6 +374,10 @@ mod tests {
 
     #[test]
     fn shapes_outside_the_layout_are_refused() {
+        if !OutputHead::supported_here() {
+            eprintln!("skipped: no AVX-512 VNNI on this CPU (no head is ever built)");
+            return;
+        }
         let mut rng = Lcg(1);
         let data = random_q8_0(16, 64, &mut rng);
         assert!(OutputHead::from_q8_0(&data, 64, 16).is_some());

@@ -322,9 +322,6 @@ impl Model {
         }
         self.head
             .get_or_init(|| {
-                if !head::OutputHead::supported_here() {
-                    return None;
-                }
                 let (data, n_embd, n_vocab) = split::read_q8_0_output(&self.path)?;
                 if n_vocab != self.n_vocab() as usize {
                     return None;

@@ -44,9 +44,7 @@ impl CpuThreadPool {
         tracing::debug!(n_threads, "persistent ggml thread pool attached");
         Some(Self { raw })
     }
-}
 
-impl CpuThreadPool {
     /// Sends the workers to sleep now instead of letting them poll for the next graph (they
     /// poll for a long while by default, holding a core). The next graph wakes them.
     pub(crate) fn pause(&self) {
