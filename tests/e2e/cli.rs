@@ -280,6 +280,38 @@ fn ask_runs_the_agent_and_writes_its_trajectory() {
     assert_eq!(serde_json::to_string(&t).unwrap(), lines.trim());
 }
 
+/// The terminal display and the log lines of other threads (the sandbox's, llama.cpp's)
+/// share stderr: a run that logs at debug level ends, and shows both. `ask` once held
+/// stderr's lock for the whole run, and the first log line from the sandbox's thread waited
+/// for it forever.
+#[test]
+fn ask_with_debug_logging_shows_its_steps_and_ends() {
+    crate::default_model_path();
+    let out = cmd()
+        .env("RUST_LOG", "debug")
+        .env("NO_COLOR", "1")
+        .args([
+            "ask",
+            "--threads",
+            "1",
+            "--greedy",
+            "--max-steps",
+            "1",
+            "What is the capital of France?",
+        ])
+        .timeout(std::time::Duration::from_secs(600))
+        .output()
+        .expect("ask did not end (hung?)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: String = stderr
+        .chars()
+        .skip(stderr.chars().count().saturating_sub(2000))
+        .collect();
+    assert!(out.status.code().is_some(), "killed (hung?):\n{tail}");
+    assert!(stderr.contains("DEBUG"), "no debug lines:\n{tail}");
+    assert!(stderr.contains("Thought:"), "no step shown:\n{tail}");
+}
+
 #[test]
 fn ask_overflowing_mid_run_fails_and_keeps_the_partial_trajectory() {
     crate::default_model_path();
@@ -596,6 +628,43 @@ fn index_build_info_and_a_corrupt_shard() {
         String::from_utf8_lossy(&e.stderr)
     );
     assert!(String::from_utf8_lossy(&e.stderr).contains(&out.display().to_string()));
+}
+
+/// Memory of the loaded model: the derived Q4_0 base puts the matrices llama.cpp copies out
+/// (repacks) before the tensors it reads in place, so the loader unmaps the matrices' pages
+/// and only the embeddings and norms stay mapped (28.8 MiB of the 86 MiB file); with the
+/// own output product, the embeddings' pages are handed back too.
+#[test]
+fn the_split_model_keeps_only_its_in_place_tensors_mapped() {
+    crate::default_model_path();
+    if !small_agent::engine::split::pays_here(false) {
+        return; // the file loads as it is on this CPU
+    }
+    let out = cmd()
+        .env("RUST_LOG", "small_agent=debug,llama-cpp-2=info")
+        .env("NO_COLOR", "1")
+        .args(["generate", "--temperature", "0", "--max-tokens", "2", "Hi."])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let mapped_mib: f64 = stderr
+        .lines()
+        .find_map(|l| l.split("CPU_Mapped model buffer size =").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no mapped buffer line:\n{stderr}"));
+    assert!(mapped_mib < 40.0, "{mapped_mib} MiB stay mapped");
+    let released: Option<u64> = stderr
+        .lines()
+        .find_map(|l| l.split("output matrix pages released bytes=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+    if small_agent::engine::head::OutputHead::supported_here() {
+        // 49,152 × 576 Q8_0 is 30,081,024 bytes, less the partial pages at its ends.
+        let released = released.unwrap_or_else(|| panic!("nothing released:\n{stderr}"));
+        assert!(released > 29_000_000, "{released} bytes released");
+    } else {
+        assert_eq!(released, None);
+    }
 }
 
 /// Without `RUST_LOG`, a run prints its result and no log lines: llama.cpp's expected

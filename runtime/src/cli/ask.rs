@@ -74,14 +74,14 @@ pub fn run(args: AskArgs) -> Result<ExitCode> {
 
     let json = args.json;
     let color = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut err = std::io::stderr().lock();
     let run = agent.run(&question, &mut |e| {
         if let (false, AgentEvent::Step(s)) = (json, e) {
-            let _ = show_step(&mut err, s, color);
+            // Locked per step, not for the whole run: log lines from the sandbox's and
+            // llama.cpp's threads also take this lock, and would wait forever.
+            let _ = show_step(&mut std::io::stderr().lock(), s, color);
         }
         true
     })?;
-    drop(err);
     if let Some(path) = &args.trajectory {
         append_trajectory(path, &run)?;
     }

@@ -79,6 +79,17 @@ impl OutputHead {
     /// layout). `None` when the shape does not fit the layout, or where this CPU lacks the
     /// kernel's instructions (so a head that exists can always run).
     pub fn from_q8_0(data: &[u8], n_embd: usize, n_vocab: usize) -> Option<Self> {
+        if data.len() != n_vocab * (n_embd / QK8_0) * Q8_0_BYTES || !n_embd.is_multiple_of(QK8_0) {
+            return None;
+        }
+        Self::read_q8_0(data, n_embd, n_vocab)
+    }
+
+    /// [`OutputHead::from_q8_0`] over a reader of the matrix's bytes, read 16 rows at a time,
+    /// so building the head never holds a second whole copy of the matrix (30 MB for the
+    /// default model, which was the peak of a run's memory). `None` also when `src` ends
+    /// early or fails.
+    pub fn read_q8_0(mut src: impl std::io::Read, n_embd: usize, n_vocab: usize) -> Option<Self> {
         if !Self::supported_here()
             || n_embd == 0
             || !n_embd.is_multiple_of(QK8_0)
@@ -88,19 +99,17 @@ impl OutputHead {
             return None;
         }
         let nb = n_embd / QK8_0;
-        if data.len() != n_vocab * nb * Q8_0_BYTES {
-            return None;
-        }
         let groups = n_vocab / GROUP_ROWS;
         let mut codes = vec![0i8; n_vocab * n_embd];
         let mut scales = vec![0f32; n_vocab * nb];
         let mut shift = vec![0i32; n_vocab * nb];
+        let mut rows = vec![0u8; GROUP_ROWS * nb * Q8_0_BYTES];
         for g in 0..groups {
+            src.read_exact(&mut rows).ok()?;
             for b in 0..nb {
                 let gb = g * nb + b;
                 for r in 0..GROUP_ROWS {
-                    let row = g * GROUP_ROWS + r;
-                    let blk = &data[(row * nb + b) * Q8_0_BYTES..][..Q8_0_BYTES];
+                    let blk = &rows[(r * nb + b) * Q8_0_BYTES..][..Q8_0_BYTES];
                     scales[gb * GROUP_ROWS + r] = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
                     let q = &blk[2..];
                     let mut sum = 0i32;
@@ -392,6 +401,10 @@ mod tests {
         assert!(
             OutputHead::from_q8_0(&data[1..], 64, 16).is_none(),
             "wrong byte count"
+        );
+        assert!(
+            OutputHead::read_q8_0(&data[1..], 64, 16).is_none(),
+            "reader ends early"
         );
     }
 }

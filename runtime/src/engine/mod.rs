@@ -158,6 +158,8 @@ impl ChatMessage {
 pub struct Model {
     inner: LlamaModel,
     path: PathBuf,
+    /// The file llama.cpp mapped: `path`, or the derived Q4_0 base of a split model.
+    mapped: PathBuf,
     template: LlamaChatTemplate,
     /// The Q4_1 offsets adapter when the model was loaded split (see [`split`]); every
     /// context of the model applies it.
@@ -251,10 +253,10 @@ impl Model {
         };
         let params = LlamaModelParams::default();
         let split_loaded = split_files.and_then(|files| {
-            // Repacked matrices are copied out of the file at load; with the file mapped,
-            // their pages stay resident beside the copies (ask with SAG 8: 432 MB peak
-            // instead of 373), so the split model is read, not mapped.
-            let params = LlamaModelParams::default().with_use_mmap(false);
+            // Mapped: the derived file puts the repacked (copied) matrices before the
+            // tensors read in place, so the loader unmaps their pages once copied, and the
+            // embeddings stay pages of the file that are read only where used (with our own
+            // output product, only the rows of tokens looked up).
             let loaded = LlamaModel::load_from_file(backend, &files.base, &params)
                 .map_err(|e| e.to_string())
                 .and_then(|mut inner| {
@@ -266,7 +268,7 @@ impl Model {
             match loaded {
                 Ok((inner, adapter)) => {
                     tracing::debug!(base = %files.base.display(), "Q4_1 model loaded as Q4_0 + offsets");
-                    Some((inner, Some(std::sync::Mutex::new(adapter))))
+                    Some((inner, Some(std::sync::Mutex::new(adapter)), files.base))
                 }
                 Err(e) => {
                     // A damaged cache must not stop the model: drop it (the next load
@@ -283,11 +285,12 @@ impl Model {
                 }
             }
         });
-        let (inner, offsets) = match split_loaded {
-            Some(loaded) => loaded,
+        let (inner, offsets, mapped) = match split_loaded {
+            Some((inner, offsets, base)) => (inner, offsets, base),
             None => (
                 LlamaModel::load_from_file(backend, path, &params).map_err(|e| load_failed(&e))?,
                 None,
+                path.to_path_buf(),
             ),
         };
         let template = match inner.chat_template(None) {
@@ -301,6 +304,7 @@ impl Model {
         Ok(Self {
             inner,
             path: path.into(),
+            mapped,
             template,
             offsets,
             head: OnceLock::new(),
@@ -322,11 +326,17 @@ impl Model {
         }
         self.head
             .get_or_init(|| {
-                let (data, n_embd, n_vocab) = split::read_q8_0_output(&self.path)?;
+                let (data, n_embd, n_vocab) = split::open_q8_0_output(&self.path)?;
                 if n_vocab != self.n_vocab() as usize {
                     return None;
                 }
-                let built = head::OutputHead::from_q8_0(&data, n_embd, n_vocab)?;
+                let built = head::OutputHead::read_q8_0(data, n_embd, n_vocab)?;
+                // llama.cpp maps the file with every page read in; the matrix's pages now
+                // serve only embedding lookups (a few rows), so they are handed back, and
+                // read again from the page cache where a lookup needs one (30 MB of peak
+                // RSS for the default model).
+                let released = split::release_output_pages(&self.mapped);
+                tracing::debug!(bytes = released, "output matrix pages released");
                 tracing::debug!(
                     n_embd,
                     n_vocab,

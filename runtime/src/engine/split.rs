@@ -31,7 +31,7 @@ use std::{
 use llama_cpp_sys_2 as sys;
 
 /// Version of the derived layout; part of the cache key, so a change rewrites the files.
-pub const SPLIT_LAYOUT_VERSION: u32 = 1;
+pub const SPLIT_LAYOUT_VERSION: u32 = 2;
 /// Weights per Q4_0 / Q4_1 block.
 const BLOCK: usize = 32;
 /// Bytes of a Q4_1 block: f16 scale, f16 minimum, 16 bytes of codes.
@@ -177,10 +177,10 @@ impl TensorInfo {
     }
 }
 
-/// The model's output matrix when it is Q8_0: its bytes, width (n_embd) and rows (n_vocab).
-/// The matrix is `output.weight`, or `token_embd.weight` where the model ties the two.
-/// `None` for any other type or an unreadable file.
-pub(crate) fn read_q8_0_output(path: &Path) -> Option<(Vec<u8>, usize, usize)> {
+/// The model's output matrix when it is Q8_0: a reader of its bytes, its width (n_embd) and
+/// rows (n_vocab). The matrix is `output.weight`, or `token_embd.weight` where the model ties
+/// the two. `None` for any other type or an unreadable file.
+pub(crate) fn open_q8_0_output(path: &Path) -> Option<(impl std::io::Read, usize, usize)> {
     use std::io::{Read, Seek, SeekFrom};
     let file = GgufFile::open(path).ok()?;
     let tensors = file.tensors();
@@ -193,9 +193,96 @@ pub(crate) fn read_q8_0_output(path: &Path) -> Option<(Vec<u8>, usize, usize)> {
     }
     let mut f = std::fs::File::open(path).ok()?;
     f.seek(SeekFrom::Start(t.start as u64)).ok()?;
-    let mut data = vec![0u8; t.len];
-    f.read_exact(&mut data).ok()?;
-    Some((data, t.ne[0] as usize, t.ne[1] as usize))
+    Some((
+        std::io::BufReader::new(f).take(t.len as u64),
+        t.ne[0] as usize,
+        t.ne[1] as usize,
+    ))
+}
+
+/// Hands back the resident pages of `path`'s output matrix wherever this process maps the
+/// file (llama.cpp maps model files read-only and reads every page in at load). The
+/// mapping stays: a page touched later is read again from the page cache. Returns the bytes
+/// released; 0 where nothing is mapped, on error, or off Linux.
+pub(crate) fn release_output_pages(path: &Path) -> usize {
+    let Some((start, len)) = GgufFile::open(path).ok().and_then(|file| {
+        let tensors = file.tensors();
+        let t = tensors
+            .iter()
+            .find(|t| t.name == "output.weight")
+            .or_else(|| tensors.iter().find(|t| t.name == "token_embd.weight"))?;
+        Some((t.start, t.len))
+    }) else {
+        return 0;
+    };
+    release_mapped_range(path, start, start + len)
+}
+
+/// [`release_output_pages`] for the byte range `first..last` of the file.
+#[cfg(target_os = "linux")]
+fn release_mapped_range(path: &Path, first: usize, last: usize) -> usize {
+    let (Ok(file), Ok(maps)) = (
+        std::fs::canonicalize(path),
+        std::fs::read_to_string("/proc/self/maps"),
+    ) else {
+        return 0;
+    };
+    let Some(file) = file.to_str() else {
+        return 0;
+    };
+    // SAFETY: no arguments.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let mut released = 0;
+    // Lines: `start-end perms offset dev inode path`.
+    for line in maps.lines() {
+        let mut fields = line.splitn(6, ' ');
+        let (Some(range), Some(perms), Some(offset), Some(_), Some(_), Some(name)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            continue;
+        };
+        // Only read-only mappings: a written page would be lost.
+        if name.trim_start() != file || perms.as_bytes().get(1) != Some(&b'-') {
+            continue;
+        }
+        let parse = |h: &str| usize::from_str_radix(h, 16).ok();
+        let Some((Some(lo), Some(hi))) = range.split_once('-').map(|(a, b)| (parse(a), parse(b)))
+        else {
+            continue;
+        };
+        let Some(offset) = parse(offset) else {
+            continue;
+        };
+        // The part of the range inside this mapping, whole pages only.
+        let from = first.max(offset).next_multiple_of(page);
+        let to = last.min(offset + (hi - lo)) / page * page;
+        if to <= from {
+            continue;
+        }
+        // SAFETY: the pages lie inside a read-only mapping of an unchanged file; dropping
+        // them loses nothing, the next access reads them again.
+        if unsafe {
+            libc::madvise(
+                (lo + (from - offset)) as *mut libc::c_void,
+                to - from,
+                libc::MADV_DONTNEED,
+            )
+        } == 0
+        {
+            released += to - from;
+        }
+    }
+    released
+}
+
+#[cfg(not(target_os = "linux"))]
+fn release_mapped_range(_path: &Path, _first: usize, _last: usize) -> usize {
+    0
 }
 
 fn c_path(path: &Path) -> Result<CString, SplitError> {
@@ -423,9 +510,27 @@ fn write_split(
         return Err(SplitError::Unsupported("no Q4_1 matrices".into()));
     }
 
+    // The loader maps the file and, once loaded, unmaps what lies before the first and after
+    // the last tensor it reads in place. Matrices are copied out (repacked), so they go first
+    // and the tensors used in place (embeddings, norms) last: the matrices' pages are then
+    // unmapped instead of staying resident beside their copies.
+    base.sort_by_key(used_in_place);
     write_gguf(&files.offsets, None, &adapter, Some(&arch))?;
     write_gguf(&files.base, Some(file.gguf), &base, None)?;
     Ok(())
+}
+
+/// Whether llama.cpp's CPU back-end reads this tensor in place from the mapped file rather
+/// than copying it: vectors (norms, biases) and the embeddings (looked up by row, and the
+/// output product where it is tied to them). A guess only orders the file; a wrong one
+/// keeps more pages mapped, it changes no result.
+fn used_in_place(t: &OutTensor) -> bool {
+    let rows = match t.like {
+        // SAFETY: `like` points into the source file's metadata context, alive while writing.
+        Some(meta) => unsafe { (*meta).ne[1] },
+        None => t.ne[1],
+    };
+    rows <= 1 || t.name.starts_with("token_embd.") || t.name.starts_with("output.")
 }
 
 fn u16_bytes(v: &[u16]) -> Vec<u8> {
