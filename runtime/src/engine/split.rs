@@ -358,7 +358,17 @@ pub fn derive(src: &Path, cache_dir: &Path) -> Result<Option<SplitFiles>, SplitE
         base: dir.join("base.gguf"),
         offsets: dir.join("offsets.gguf"),
     };
+    let mark = |dir: &Path| -> Result<(), SplitError> {
+        let source = std::fs::canonicalize(src)?;
+        std::fs::write(dir.join(SOURCE_MARKER), source.to_string_lossy().as_bytes())?;
+        remove_stale_derivations(cache_dir, dir, &source);
+        Ok(())
+    };
     if files.base.is_file() && files.offsets.is_file() {
+        // Derived before directories were marked: marked (and swept) once now.
+        if !dir.join(SOURCE_MARKER).is_file() {
+            mark(&dir)?;
+        }
         return Ok(Some(files));
     }
     let file = GgufFile::open(src)?;
@@ -367,10 +377,12 @@ pub fn derive(src: &Path, cache_dir: &Path) -> Result<Option<SplitFiles>, SplitE
         return Ok(None);
     }
     std::fs::create_dir_all(&dir)?;
+    // Marked first, so a sweep by another process never takes a directory being written.
+    mark(&dir)?;
     let t = std::time::Instant::now();
     if let Err(e) = write_split(src, &file, &tensors, &files) {
-        // Leave no empty directory behind for a file that cannot be split.
-        let _ = std::fs::remove_dir(&dir);
+        // Leave nothing behind for a file that cannot be split.
+        let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
     }
     tracing::info!(
@@ -380,6 +392,35 @@ pub fn derive(src: &Path, cache_dir: &Path) -> Result<Option<SplitFiles>, SplitE
         "derived the Q4_0 + offsets layout of the Q4_1 model"
     );
     Ok(Some(files))
+}
+
+/// File in each derived directory naming the source it was derived from.
+const SOURCE_MARKER: &str = "source";
+
+/// Removes the directories derived earlier from `source` (an older layout version, or the
+/// file as it was before it changed), those whose source is gone, and those without a
+/// source marker (written before layouts had one): each holds a full copy of a model that
+/// nothing will load again.
+fn remove_stale_derivations(cache_dir: &Path, current: &Path, source: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path == current || !path.is_dir() {
+            continue;
+        }
+        let stale = match std::fs::read_to_string(path.join(SOURCE_MARKER)) {
+            Ok(s) => Path::new(&s) == source || !Path::new(&s).exists(),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        };
+        if stale {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => tracing::info!(dir = %path.display(), "removed a stale derived model"),
+                Err(e) => tracing::debug!(dir = %path.display(), error = %e, "could not remove"),
+            }
+        }
+    }
 }
 
 /// One tensor of an output file: its shape comes from `like` (pass-through) or `ne`.
@@ -674,5 +715,34 @@ mod tests {
         let ones: Vec<usize> = (0..64).filter(|&i| f32_of(a[64 + i]) == 1.0).collect();
         assert_eq!(ones, (32..64).collect::<Vec<_>>());
         assert_eq!(a.iter().filter(|&&x| f32_of(x) != 0.0).count(), 64);
+    }
+
+    /// Deriving a model removes what was derived from the same file before, derivations of
+    /// files that are gone and unmarked (pre-marker) directories; it keeps other models'.
+    #[test]
+    fn a_new_derivation_removes_the_stale_ones_of_its_source() {
+        let cache = tempfile::tempdir().unwrap();
+        let dir = |name: &str, source: Option<&str>| {
+            let d = cache.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("base.gguf"), b"x").unwrap();
+            if let Some(s) = source {
+                std::fs::write(d.join(SOURCE_MARKER), s).unwrap();
+            }
+            d
+        };
+        let models = tempfile::tempdir().unwrap();
+        let (a, b) = (models.path().join("a.gguf"), models.path().join("b.gguf"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        let current = dir("current", Some(a));
+        let older = dir("older", Some(a));
+        let other = dir("other", Some(b));
+        let orphan = dir("orphan", Some("/no/such/model.gguf"));
+        let legacy = dir("legacy", None);
+        remove_stale_derivations(cache.path(), &current, Path::new(a));
+        assert!(current.exists() && other.exists());
+        assert!(!older.exists() && !orphan.exists() && !legacy.exists());
     }
 }
