@@ -446,6 +446,69 @@ fn the_q4_1_split_scores_text_like_the_file_and_needs_its_offsets() {
     }
 }
 
+/// Contexts for several sequences (SAG) keep their keys as Q8_0, which makes candidates'
+/// attention faster on the CPU: a text scores as with f16 keys up to that quantisation's
+/// small error, and not identically (identical would mean the setting did nothing).
+#[test]
+fn q8_0_keys_score_text_like_f16_keys() {
+    let m = model();
+    let text = m
+        .render_chat(
+            &[
+                ChatMessage::new("system", "You solve problems with short Python programs."),
+                ChatMessage::new(
+                    "user",
+                    "A train leaves at 9:40 and arrives at 13:05. How long is the trip?",
+                ),
+                ChatMessage::new(
+                    "assistant",
+                    "Thought: I will count the minutes from departure to arrival and turn \
+                     them into hours and minutes.\nCode:\n```py\nstart = 9 * 60 + 40\n\
+                     end = 13 * 60 + 5\nminutes = end - start\nprint(minutes // 60, \
+                     minutes % 60)\n```<end_code>\nObservation: 3 25\nThought: The trip \
+                     takes 3 hours and 25 minutes, that is 205 minutes in all.\nCode:\n\
+                     ```py\nfinal_answer(\"3 hours 25 minutes\")\n```<end_code>",
+                ),
+            ],
+            false,
+        )
+        .unwrap();
+    let tokens = m.tokenize(&text, true);
+    let score = |q8_0_keys: bool| {
+        let mut s = m
+            .session(&SessionParams {
+                n_seq_max: 8,
+                q8_0_keys,
+                ..params(1024)
+            })
+            .unwrap();
+        s.score(&tokens).unwrap()
+    };
+    let (f16, q8) = (score(false), score(true));
+    let nll = |lp: &[f32]| -lp.iter().sum::<f32>() / lp.len() as f32;
+    let worst = f16
+        .iter()
+        .zip(&q8)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!(
+        "{} tokens: mean NLL f16 keys {:.4}, Q8_0 keys {:.4}; largest per-token gap {worst:.4}",
+        tokens.len(),
+        nll(&f16),
+        nll(&q8)
+    );
+    assert!(worst > 0.0, "Q8_0 keys changed nothing: not applied?");
+    assert!(
+        (nll(&q8) - nll(&f16)).abs() < 0.02,
+        "{} vs {}",
+        nll(&q8),
+        nll(&f16)
+    );
+    // For scale: the same text in a single-sequence context (flash attention, f16 keys)
+    // differs from the f16 plain-attention one by up to 0.37 per token; Q8_0 keys by 0.47.
+    assert!(worst < 1.0, "a token's log-probability moved by {worst}");
+}
+
 /// A damaged derived file is not the user's problem: the model loads as it is, and the
 /// damaged files are removed so the next load derives them again.
 #[test]
