@@ -561,6 +561,7 @@ fn bench_sag_json_times_one_step_both_ways_per_question() {
         (Some(2), Some(1)),
         "{v}"
     );
+    assert_eq!(v["q8_0_keys"], true, "{v}");
     let row = &v["rows"][0];
     for side in ["single", "sag"] {
         let t = &row[side];

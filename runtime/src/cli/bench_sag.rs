@@ -86,6 +86,9 @@ struct Summary {
     n: usize,
     /// Whether the model's Q4_1 matrices ran as Q4_0 + offsets (`engine::split`).
     split: bool,
+    /// Whether the N-candidate context was asked for Q8_0 keys (`SessionParams::q8_0_keys`;
+    /// they apply where it runs on the CPU).
+    q8_0_keys: bool,
     questions: usize,
     /// Mean step wall time, one candidate.
     single_ms: f64,
@@ -177,6 +180,7 @@ pub fn run(a: BenchSagArgs) -> Result<ExitCode> {
     let s = Summary {
         n: a.n.max(2),
         split: model.is_split(),
+        q8_0_keys: !a.context.f16_keys,
         questions: rows.len(),
         single_ms,
         sag_ms,
