@@ -184,10 +184,7 @@ pub(crate) fn open_q8_0_output(path: &Path) -> Option<(impl std::io::Read, usize
     use std::io::{Read, Seek, SeekFrom};
     let file = GgufFile::open(path).ok()?;
     let tensors = file.tensors();
-    let t = tensors
-        .iter()
-        .find(|t| t.name == "output.weight")
-        .or_else(|| tensors.iter().find(|t| t.name == "token_embd.weight"))?;
+    let t = output_matrix(&tensors)?;
     if t.ggml_type != sys::GGML_TYPE_Q8_0 || t.ne[2] != 1 || t.ne[3] != 1 {
         return None;
     }
@@ -200,19 +197,23 @@ pub(crate) fn open_q8_0_output(path: &Path) -> Option<(impl std::io::Read, usize
     ))
 }
 
+/// The output matrix: `output.weight`, or `token_embd.weight` where the model ties the two.
+fn output_matrix(tensors: &[TensorInfo]) -> Option<&TensorInfo> {
+    tensors
+        .iter()
+        .find(|t| t.name == "output.weight")
+        .or_else(|| tensors.iter().find(|t| t.name == "token_embd.weight"))
+}
+
 /// Hands back the resident pages of `path`'s output matrix wherever this process maps the
 /// file (llama.cpp maps model files read-only and reads every page in at load). The
 /// mapping stays: a page touched later is read again from the page cache. Returns the bytes
 /// released; 0 where nothing is mapped, on error, or off Linux.
 pub(crate) fn release_output_pages(path: &Path) -> usize {
-    let Some((start, len)) = GgufFile::open(path).ok().and_then(|file| {
-        let tensors = file.tensors();
-        let t = tensors
-            .iter()
-            .find(|t| t.name == "output.weight")
-            .or_else(|| tensors.iter().find(|t| t.name == "token_embd.weight"))?;
-        Some((t.start, t.len))
-    }) else {
+    let Some((start, len)) = GgufFile::open(path)
+        .ok()
+        .and_then(|file| output_matrix(&file.tensors()).map(|t| (t.start, t.len)))
+    else {
         return 0;
     };
     release_mapped_range(path, start, start + len)
