@@ -254,9 +254,9 @@ impl Model {
         let params = LlamaModelParams::default();
         let split_loaded = split_files.and_then(|files| {
             // Mapped: the derived file puts the repacked (copied) matrices before the
-            // tensors read in place, so the loader unmaps their pages once copied, and the
-            // embeddings stay pages of the file that are read only where used (with our own
-            // output product, only the rows of tokens looked up).
+            // tensors read in place, so the loader unmaps their pages once copied. The
+            // loader reads every page in; with our own output product the embeddings'
+            // pages are handed back afterwards (`Model::output_head`).
             let loaded = LlamaModel::load_from_file(backend, &files.base, &params)
                 .map_err(|e| e.to_string())
                 .and_then(|mut inner| {
@@ -286,7 +286,7 @@ impl Model {
             }
         });
         let (inner, offsets, mapped) = match split_loaded {
-            Some((inner, offsets, base)) => (inner, offsets, base),
+            Some(loaded) => loaded,
             None => (
                 LlamaModel::load_from_file(backend, path, &params).map_err(|e| load_failed(&e))?,
                 None,
