@@ -2,8 +2,8 @@
 use std::io::Write;
 
 use small_agent::{
-    engine::SessionParams, ChatMessage, EngineError, FinishReason, GenerateParams, Model,
-    SamplingParams,
+    engine::{AfterEnd, SessionParams},
+    ChatMessage, EngineError, FinishReason, GenerateParams, Model, SamplingParams,
 };
 
 fn model() -> Model {
@@ -329,6 +329,71 @@ fn parallel_candidates_share_the_prompt_and_decode_in_one_batch() {
     assert_eq!(next.stats.cached_tokens, adopted);
 }
 
+/// A candidate released once it has ended leaves llama.cpp's cache at once (its cells serve
+/// the others), the others decode on with their histories intact, and the session refuses to
+/// adopt it.
+#[test]
+fn released_candidates_leave_the_cache_and_cannot_be_kept() {
+    let m = model();
+    let mut s = m
+        .session(&SessionParams {
+            n_seq_max: 4,
+            ..params(2048)
+        })
+        .unwrap();
+    let prompt = m.tokenize(&m.render_chat(&user("Write a poem."), true).unwrap(), true);
+    // Sampled lines that end at their first full stop or after 12 tokens.
+    let params = GenerateParams {
+        max_tokens: 12,
+        sampling: SamplingParams {
+            temperature: 1.0,
+            seed: 11,
+            ..SamplingParams::default()
+        },
+        stop: vec![".".into()],
+        ..Default::default()
+    };
+    let mut released = None;
+    let cands = s
+        .complete_parallel_until(&prompt, 4, &params, &mut |_, _| true, &mut |i, c| {
+            // The first one that has evaluated tokens of its own to give back.
+            if released.is_none() && c.text.chars().count() >= 2 {
+                released = Some(i);
+                AfterEnd {
+                    stop: false,
+                    release: vec![i],
+                }
+            } else {
+                AfterEnd::go_on()
+            }
+        })
+        .unwrap();
+    let r = released.expect("a candidate with some text ended");
+    assert!(cands[r].stats.gen_tokens >= 2, "{cands:?}");
+    // llama.cpp holds only the shared prompt for it; every other candidate holds what the
+    // session's mirror says, its whole history.
+    assert_eq!(s.cache_extent(r), prompt.len());
+    assert_eq!(s.cached_tokens(r), &prompt[..]);
+    let others: Vec<usize> = (0..4).filter(|&i| i != r).collect();
+    for &i in &others {
+        assert_eq!(s.cache_extent(i), s.cached_tokens(i).len(), "candidate {i}");
+        assert!(
+            s.cached_tokens(i).len() >= prompt.len(),
+            "candidate {i}: {cands:?}"
+        );
+    }
+    assert!(s.keep_sequence(r).is_err());
+    // Another one is adopted, and the conversation continues from its cells.
+    let keep = others[0];
+    let mut kept = s.cached_tokens(keep).to_vec();
+    s.keep_sequence(keep).unwrap();
+    assert_eq!(s.cache_extent(0), kept.len());
+    let adopted = kept.len();
+    kept.extend(m.tokenize(" And then?", false));
+    let next = s.complete_tokens(&kept, &greedy(4), &mut |_| true).unwrap();
+    assert_eq!(next.stats.cached_tokens, adopted);
+}
+
 #[test]
 fn parallel_decoding_stops_the_candidates_still_running_when_asked() {
     let m = model();
@@ -359,7 +424,7 @@ fn parallel_decoding_stops_the_candidates_still_running_when_asked() {
         .complete_parallel_until(&prompt, 4, &params, &mut |_, _| true, &mut |i, c| {
             assert!(first.is_none(), "called again after asking to stop");
             first = Some((i, c.text.clone()));
-            false
+            AfterEnd::stop()
         })
         .unwrap();
     let (winner, text) = first.expect("one candidate ended");

@@ -19,7 +19,7 @@ use small_agent_sandbox::{
 };
 
 use crate::engine::{
-    CallStats, ChatMessage, EngineError, GenerateParams, Model, SamplingParams, Session,
+    AfterEnd, CallStats, ChatMessage, EngineError, GenerateParams, Model, SamplingParams, Session,
     SessionParams,
 };
 pub use prompt::{PromptError, PromptTemplate};
@@ -459,10 +459,13 @@ impl<'m> Agent<'m> {
                     );
                     tracing::trace!(candidate = i, text = %c.text, "candidate text");
                     match runner.run(py, i, code) {
-                        Ok(()) => !runner.decided(),
+                        Ok(()) => AfterEnd {
+                            stop: runner.decided(),
+                            release: runner.take_needless(),
+                        },
                         Err(e) => {
                             run_error = Some(e);
-                            false
+                            AfterEnd::stop()
                         }
                     }
                 },
@@ -649,6 +652,10 @@ pub struct CandidateRunner {
     pub codes: Vec<Option<String>>,
     ran: Vec<Option<Ran>>,
     ended: Vec<bool>,
+    /// Ended candidates that can no longer be the one the vote picks.
+    needless: Vec<bool>,
+    /// Which of `needless` [`CandidateRunner::take_needless`] has handed out.
+    handed_out: Vec<bool>,
     exec: std::time::Duration,
 }
 
@@ -659,6 +666,8 @@ impl CandidateRunner {
             codes: vec![None; n],
             ran: (0..n).map(|_| None).collect(),
             ended: vec![false; n],
+            needless: vec![false; n],
+            handed_out: vec![false; n],
             exec: std::time::Duration::ZERO,
         }
     }
@@ -674,6 +683,7 @@ impl CandidateRunner {
         self.ended[i] = true;
         self.codes[i] = code;
         let Some(code) = &self.codes[i] else {
+            self.drop_needless_forks();
             return Ok(());
         };
         let t = Instant::now();
@@ -698,8 +708,14 @@ impl CandidateRunner {
 
     /// Keeps a fork only while its candidate can still be the one the vote picks: the
     /// earliest member of a group that could still reach the largest size, or candidate 0
-    /// while nothing has survived (its failure is then the observation).
+    /// while nothing has survived (its failure is then the observation). An ended candidate
+    /// that fails this is needless for good: later ends only grow the largest group, shrink
+    /// what is still running and add earlier members to groups.
     fn drop_needless_forks(&mut self) {
+        if self.ran.len() == 1 {
+            // The only candidate is the winner whatever it did.
+            return;
+        }
         let keys = outcome_keys(&self.ran);
         let (_, votes) = vote(&self.ran);
         let best = votes.iter().copied().max().unwrap_or(0);
@@ -716,8 +732,23 @@ impl CandidateRunner {
                 if let Some(r) = &mut self.ran[i] {
                     r.fork = None;
                 }
+                if self.ended[i] {
+                    self.needless[i] = true;
+                }
             }
         }
+    }
+
+    /// The ended candidates found needless since the last call: the step will not adopt
+    /// them, so their generated tokens may leave the KV cache.
+    pub fn take_needless(&mut self) -> Vec<usize> {
+        let fresh: Vec<usize> = (0..self.needless.len())
+            .filter(|&i| self.needless[i] && !self.handed_out[i])
+            .collect();
+        for &i in &fresh {
+            self.handed_out[i] = true;
+        }
+        fresh
     }
 
     /// Whether the candidates still decoding can no longer change the winning outcome.
@@ -973,6 +1004,36 @@ mod tests {
     fn ties_go_to_the_first_valid_candidate_and_no_survivor_to_the_first() {
         assert_eq!(vote(&[failed(), ok("a", None), ok("b", None)]).0, 1);
         assert_eq!(vote(&[None, failed(), None]), (0, vec![0, 0, 0]));
+    }
+
+    #[test]
+    fn ended_candidates_the_vote_cannot_pick_are_handed_out_once() {
+        let a = || ok("a\n", None);
+        let b = || ok("b\n", None);
+        // 0 failed while 1 survived; 2 repeats 1's outcome (1 is its group's pick); 3 is
+        // a rival that may still grow; 4 and 5 are running.
+        let mut r = runner(
+            vec![failed(), a(), a(), b(), None, None],
+            &[true, true, true, true, false, false],
+        );
+        r.drop_needless_forks();
+        assert_eq!(r.take_needless(), vec![0, 2]);
+        assert_eq!(r.take_needless(), Vec::<usize>::new());
+        // Another "a" ends: 3 alone can reach two with the one still running, not three.
+        r.ran[4] = a();
+        r.ended[4] = true;
+        r.drop_needless_forks();
+        assert_eq!(r.take_needless(), vec![3, 4]);
+        let (winner, _) = vote(&r.ran);
+        assert!(!r.needless[winner]);
+        // Nothing survived: candidate 0's failure is the observation, so it stays.
+        let mut r = runner(vec![failed(), failed(), None], &[true, true, true]);
+        r.drop_needless_forks();
+        assert_eq!(r.take_needless(), vec![1, 2]);
+        // One candidate is the winner whatever it did.
+        let mut r = runner(vec![failed()], &[true]);
+        r.drop_needless_forks();
+        assert!(r.take_needless().is_empty());
     }
 
     #[test]

@@ -845,6 +845,34 @@ pub struct Completion {
     pub stats: CallStats,
 }
 
+/// What the caller of [`Session::complete_parallel_until`] wants once a candidate has ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AfterEnd {
+    /// Stop decoding: the candidates still running end as [`FinishReason::Abandoned`].
+    pub stop: bool,
+    /// Ended candidates the caller will not adopt. Their generated tokens leave the KV
+    /// cache at once and the candidates still running reuse those cells: a step of many
+    /// long candidates fills the context later (a candidate that finds it full ends
+    /// there), and the range of cells every row's attention covers (every occupied cell
+    /// up to the highest one, other candidates' included) grows more slowly.
+    pub release: Vec<usize>,
+}
+
+impl AfterEnd {
+    /// Keep decoding, release nothing.
+    pub fn go_on() -> Self {
+        Self::default()
+    }
+
+    /// Stop decoding the candidates still running.
+    pub fn stop() -> Self {
+        Self {
+            stop: true,
+            release: Vec::new(),
+        }
+    }
+}
+
 /// Generation state of one sequence.
 struct Candidate<'s> {
     text: String,
@@ -889,6 +917,9 @@ pub struct Session<'m> {
     params: SessionParams,
     /// `cached[s]` = the tokens in the KV cache of sequence `s`, in position order.
     cached: Vec<Vec<LlamaToken>>,
+    /// Candidates of the current parallel call whose generated tokens were released
+    /// ([`AfterEnd::release`]): they can no longer be kept.
+    released: Vec<bool>,
     batch: LlamaBatch<'static>,
     /// Own output product ([`head`]), where it applies: the context stops its graph at the
     /// final hidden state, which `capture` receives (declared after `ctx`, which points to it).
@@ -1114,6 +1145,7 @@ impl<'m> Session<'m> {
             _pool: pool,
             params: params.clone(),
             cached: vec![Vec::new(); params.n_seq_max as usize],
+            released: vec![false; params.n_seq_max as usize],
             batch: LlamaBatch::new(batch_cap, params.n_seq_max as i32),
             head,
             capture,
@@ -1139,10 +1171,18 @@ impl<'m> Session<'m> {
         &self.cached[seq]
     }
 
+    /// How many positions llama.cpp's KV cache holds for sequence `seq` (its highest
+    /// position + 1; 0 when empty): what [`Session::cached_tokens`] mirrors, read from the
+    /// cache itself.
+    pub fn cache_extent(&self, seq: usize) -> usize {
+        (self.ctx.kv_cache_seq_pos_max(seq as i32) + 1).max(0) as usize
+    }
+
     /// Drops everything from the KV cache.
     pub fn clear(&mut self) {
         self.ctx.clear_kv_cache();
         self.cached.iter_mut().for_each(Vec::clear);
+        self.released.fill(false);
     }
 
     /// Makes sequence `dst` a copy of sequence `src` (sharing the KV cells, no re-evaluation).
@@ -1160,6 +1200,7 @@ impl<'m> Session<'m> {
             .copy_kv_cache_seq(src as i32, dst as i32, None, None)
             .map_err(llama_err)?;
         self.cached[dst] = self.cached[src].clone();
+        self.released[dst] = self.released[src];
         Ok(())
     }
 
@@ -1212,20 +1253,22 @@ impl<'m> Session<'m> {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(usize, &str) -> bool,
     ) -> Result<Vec<Completion>> {
-        self.complete_parallel_until(prompt, n, params, on_text, &mut |_, _| true)
+        self.complete_parallel_until(prompt, n, params, on_text, &mut |_, _| AfterEnd::go_on())
     }
 
     /// [`Session::complete_parallel`], telling the caller about each candidate as soon as it
     /// ends: `on_done(i, completion)` gets candidate `i`'s final text (its stats are filled
-    /// in only in the returned list) and returns `false` when the candidates still running
-    /// are not needed any more; they then end with [`FinishReason::Abandoned`].
+    /// in only in the returned list) and answers with an [`AfterEnd`]: whether the
+    /// candidates still running are needed any more (if not, they end with
+    /// [`FinishReason::Abandoned`]) and which ended candidates it will never adopt (their
+    /// cells are freed; [`Session::keep_sequence`] refuses them afterwards).
     pub fn complete_parallel_until(
         &mut self,
         prompt: &[LlamaToken],
         n: usize,
         params: &GenerateParams,
         on_text: &mut dyn FnMut(usize, &str) -> bool,
-        on_done: &mut dyn FnMut(usize, &Completion) -> bool,
+        on_done: &mut dyn FnMut(usize, &Completion) -> AfterEnd,
     ) -> Result<Vec<Completion>> {
         let n_ctx = self.n_ctx() as usize;
         if prompt.is_empty() {
@@ -1268,6 +1311,7 @@ impl<'m> Session<'m> {
         let t0 = Instant::now();
         // Sequence 0 is the conversation; candidates of an earlier call that were not
         // adopted are dropped so their cells are free again.
+        self.released.fill(false);
         for s in 1..self.cached.len() {
             if !self.cached[s].is_empty() {
                 self.ctx
@@ -1314,6 +1358,8 @@ impl<'m> Session<'m> {
         let mut abandon = false;
         // Candidates whose end has been passed to `on_done`.
         let mut reported = vec![false; n];
+        // Ended candidates `on_done` gave up on, released once the callbacks are done.
+        let mut to_release = Vec::new();
         // Time spent in `on_done` (e.g. running a candidate's code) is not decoding time.
         let mut in_callbacks = std::time::Duration::ZERO;
         // Time inside `llama_decode`; the rest of `gen_ms` is sampling and bookkeeping.
@@ -1409,10 +1455,17 @@ impl<'m> Session<'m> {
                     stats: CallStats::default(),
                 };
                 let t = Instant::now();
-                if !on_done(i, &done) {
-                    abandon = true;
-                }
+                let after = on_done(i, &done);
                 in_callbacks += t.elapsed();
+                abandon |= after.stop;
+                to_release.extend(after.release);
+            }
+            if !to_release.is_empty() {
+                let ended: Vec<bool> = cands.iter().map(|c| c.finish.is_some()).collect();
+                for r in to_release.drain(..) {
+                    let freed = self.release_candidate(r, &ended, prompt.len())?;
+                    cells = cells.saturating_sub(freed);
+                }
             }
             if abandon {
                 for c in cands.iter_mut().filter(|c| c.finish.is_none()) {
@@ -1522,8 +1575,41 @@ impl<'m> Session<'m> {
         Ok(out)
     }
 
+    /// Frees the cells of ended candidate `i`'s generated tokens (the prompt stays) and
+    /// returns how many cells became free: those no other candidate still holds (equal
+    /// histories share their cells, see `complete_parallel_until`).
+    fn release_candidate(&mut self, i: usize, ended: &[bool], prompt_len: usize) -> Result<usize> {
+        let n = ended.len();
+        if i >= n || !ended[i] {
+            return Err(EngineError::InvalidParameter(format!(
+                "candidate {i} of {n} cannot be released: only ended candidates can"
+            )));
+        }
+        if self.released[i] {
+            return Ok(0);
+        }
+        let held = self.cached[i].len();
+        let shared = (0..n)
+            .filter(|&j| j != i && !self.released[j])
+            .map(|j| common_prefix(&self.cached[i], &self.cached[j]))
+            .max()
+            .unwrap_or(0)
+            .max(prompt_len);
+        self.ctx
+            .clear_kv_cache_seq(Some(i as u32), Some(prompt_len as u32), None)
+            .map_err(llama_err)?;
+        self.cached[i].truncate(prompt_len);
+        self.released[i] = true;
+        Ok(held.saturating_sub(shared))
+    }
+
     /// Makes sequence `winner` the session's conversation (sequence 0) and frees the others.
     pub fn keep_sequence(&mut self, winner: usize) -> Result<()> {
+        if self.released.get(winner).copied().unwrap_or(false) {
+            return Err(EngineError::InvalidParameter(format!(
+                "candidate {winner} was released during its step; its reply is no longer cached"
+            )));
+        }
         if winner != 0 {
             self.fork_sequence(winner, 0)?;
         }
