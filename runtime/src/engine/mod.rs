@@ -609,8 +609,16 @@ impl TokenSampler {
 
     /// Chooses the next token from `kept` (what [`filter`](Self::filter) left) with this
     /// sampler's own draw, and accepts it. `logits` gives the position's logits again, for
-    /// the rare draw the grammar rejects.
-    fn choose(&mut self, kept: &LlamaTokenDataArray, logits: &[f32]) -> LlamaToken {
+    /// a draw the grammar rejects: the choice is then made again over what the grammar
+    /// admits, filtered. That set depends only on the logits and the grammar's state, so
+    /// candidates with equal histories share it through `admitted` (`None` until the first
+    /// of them needs it); each still makes its own draw from it.
+    fn choose(
+        &mut self,
+        kept: &LlamaTokenDataArray,
+        logits: &[f32],
+        admitted: &mut Option<LlamaTokenDataArray>,
+    ) -> LlamaToken {
         // A copy, because the draw may reorder what it draws from, and the other members of
         // the group draw from the same tokens. Into a kept buffer: after argmax (which the
         // filter leaves the whole vocabulary to) this is a vocabulary-sized copy per token.
@@ -627,28 +635,37 @@ impl TokenSampler {
                 Some(t) => t,
                 None => {
                     self.redraws += 1;
-                    let mut cur = LlamaTokenDataArray::new(Vec::new(), false);
-                    let mut reject = |a: &mut LlamaTokenDataArray| a.apply_sampler(grammar);
-                    match &mut self.filter {
-                        Filter::Nucleus(n) => {
-                            // Only admitted tokens near the best admitted one can matter.
-                            let near = admitted_near_best(&mut reject, logits, n.window());
-                            let mut masked = vec![f32::NEG_INFINITY; logits.len()];
-                            for d in &near {
-                                masked[d.id().0 as usize] = d.logit();
+                    let shared = admitted.get_or_insert_with(|| {
+                        let mut cur = LlamaTokenDataArray::new(Vec::new(), false);
+                        let mut reject = |a: &mut LlamaTokenDataArray| a.apply_sampler(grammar);
+                        match &mut self.filter {
+                            Filter::Nucleus(n) => {
+                                // Only admitted tokens near the best admitted one can matter.
+                                let near = admitted_near_best(&mut reject, logits, n.window());
+                                let mut masked = vec![f32::NEG_INFINITY; logits.len()];
+                                for d in &near {
+                                    masked[d.id().0 as usize] = d.logit();
+                                }
+                                n.apply(&masked, &mut cur);
                             }
-                            n.apply(&masked, &mut cur);
+                            Filter::Chain(_) if self.argmax_only => {
+                                cur.data = admitted_near_best(&mut reject, logits, 0.0);
+                            }
+                            Filter::Chain(chain) => {
+                                // The chain may need every token (e.g. a repeat penalty).
+                                fill_logits(&mut cur, logits);
+                                reject(&mut cur);
+                                cur.apply_sampler(chain);
+                            }
                         }
-                        Filter::Chain(_) if self.argmax_only => {
-                            cur.data = admitted_near_best(&mut reject, logits, 0.0);
-                        }
-                        Filter::Chain(chain) => {
-                            // The chain may need every token (e.g. a repeat penalty).
-                            fill_logits(&mut cur, logits);
-                            reject(&mut cur);
-                            cur.apply_sampler(chain);
-                        }
-                    }
+                        cur
+                    });
+                    // A copy again: the draw may reorder what it draws from.
+                    let cur = &mut self.scratch;
+                    cur.data.clear();
+                    cur.data.extend_from_slice(&shared.data);
+                    cur.selected = shared.selected;
+                    cur.sorted = shared.sorted;
                     cur.apply_sampler(&mut self.draw);
                     // The grammar always leaves at least one token (llama.cpp aborts otherwise).
                     cur.selected_token().unwrap_or(LlamaToken(0))
@@ -1369,11 +1386,15 @@ impl<'m> Session<'m> {
         // draw cost more than the draw).
         let mut filtered: Vec<(i32, LlamaTokenDataArray)> = Vec::new();
         let mut spare: Vec<LlamaTokenDataArray> = Vec::new();
+        // Logits index -> what the grammar admits there, filtered, once a member of that
+        // group had a draw rejected (see `TokenSampler::choose`).
+        let mut redrawn: Vec<(i32, Option<LlamaTokenDataArray>)> = Vec::new();
         let n_vocab = model.n_vocab() as usize;
         loop {
             // (group, token) -> members, in first-member order.
             let mut next: Vec<(usize, LlamaToken, Vec<usize>)> = Vec::new();
             spare.extend(filtered.drain(..).map(|(_, buf)| buf));
+            redrawn.clear();
             for (i, c) in cands.iter_mut().enumerate() {
                 if c.finish.is_some() {
                     continue;
@@ -1407,7 +1428,14 @@ impl<'m> Session<'m> {
                             filtered.len() - 1
                         }
                     };
-                    samplers[i].choose(&filtered[p].1, self.logits_ith(at))
+                    let q = match redrawn.iter().position(|(idx, _)| *idx == at) {
+                        Some(q) => q,
+                        None => {
+                            redrawn.push((at, None));
+                            redrawn.len() - 1
+                        }
+                    };
+                    samplers[i].choose(&filtered[p].1, self.logits_ith(at), &mut redrawn[q].1)
                 };
                 c.gen_tokens += 1;
                 if !params.ignore_eog && vocab.is_eog(token) {
@@ -1773,6 +1801,98 @@ mod tests {
         filtering_once_per_group_matches_whole_chains(params);
     }
 
+    #[test]
+    fn candidates_with_equal_histories_share_what_the_grammar_admits_after_a_rejection() {
+        for params in [
+            // SAG's sampling (`Nucleus` filter) and llama.cpp's chain (repeat penalty).
+            SamplingParams {
+                temperature: 0.4,
+                top_p: 0.8,
+                top_k: 0,
+                min_p: 0.0,
+                temperature_first: true,
+                seed: 5,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                temperature: 0.4,
+                top_p: 0.8,
+                repeat_penalty: 1.3,
+                seed: 11,
+                ..SamplingParams::default()
+            },
+        ] {
+            let (own, own_sets, redraws) = choices_under_a_grammar(&params, false);
+            let (shared, shared_sets, _) = choices_under_a_grammar(&params, true);
+            assert_eq!(own, shared, "{params:?}");
+            // Meaningful only if draws were rejected and members of a group shared a set.
+            assert_eq!(own_sets, redraws);
+            assert!(
+                shared_sets < redraws,
+                "{shared_sets} of {redraws}: nothing shared"
+            );
+            assert!(
+                own.iter().any(|c| *c != own[0]),
+                "the candidates never parted"
+            );
+        }
+    }
+
+    /// 8 candidates' tokens over 40 positions, filtering once per group of equal histories,
+    /// under a stand-in grammar (a logit bias of -inf rejects two tokens in three, as a
+    /// grammar would); with `share`, a group's members share the admitted set after a
+    /// rejection. Also returns how many admitted sets were computed and how many draws the
+    /// grammar rejected.
+    fn choices_under_a_grammar(
+        params: &SamplingParams,
+        share: bool,
+    ) -> (Vec<Vec<LlamaToken>>, usize, usize) {
+        use llama_cpp_2::token::logit_bias::LlamaLogitBias;
+        let banned: Vec<LlamaLogitBias> = (0..VOCAB)
+            .filter(|i| i % 3 != 0)
+            .map(|i| LlamaLogitBias::new(LlamaToken(i as i32), f32::NEG_INFINITY))
+            .collect();
+        let n = 8;
+        let mut samplers: Vec<TokenSampler> = (0..n)
+            .map(|i| {
+                let grammar = LlamaSampler::logit_bias(VOCAB as i32, &banned);
+                SamplingParams {
+                    seed: params.seed + i,
+                    ..params.clone()
+                }
+                .sampler(VOCAB as i32, Some(grammar))
+            })
+            .collect();
+        let mut got = vec![Vec::new(); n as usize];
+        let mut sets = 0;
+        for _ in 0..40 {
+            let mut groups: Vec<(Vec<LlamaToken>, LlamaTokenDataArray)> = Vec::new();
+            let mut admitted: Vec<Option<LlamaTokenDataArray>> = Vec::new();
+            for i in 0..n as usize {
+                let logits = logits_after(&got[i]);
+                let p = match groups.iter().position(|(h, _)| *h == got[i]) {
+                    Some(p) => p,
+                    None => {
+                        let buf = LlamaTokenDataArray::new(Vec::new(), false);
+                        let f = samplers[i].filter(&logits, buf);
+                        groups.push((got[i].clone(), f));
+                        admitted.push(None);
+                        groups.len() - 1
+                    }
+                };
+                let mut own = None;
+                let set = if share { &mut admitted[p] } else { &mut own };
+                let had = set.is_some();
+                let t = samplers[i].choose(&groups[p].1, &logits, set);
+                sets += usize::from(!had && set.is_some());
+                assert!(t.0 as usize % 3 == 0, "the grammar's rejection was ignored");
+                got[i].push(t);
+            }
+        }
+        let redraws = samplers.iter().map(|s| s.redraws).sum();
+        (got, sets, redraws)
+    }
+
     fn filtering_once_per_group_matches_whole_chains(params: SamplingParams) {
         let n = 8;
         let member = |i: u32| SamplingParams {
@@ -1816,7 +1936,7 @@ mod tests {
                         groups.len() - 1
                     }
                 };
-                let t = split[i].choose(&groups[p].1, &logits_after(&got[i]));
+                let t = split[i].choose(&groups[p].1, &logits_after(&got[i]), &mut None);
                 chosen += 1;
                 got[i].push(t);
             }
