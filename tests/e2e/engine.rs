@@ -329,19 +329,30 @@ fn parallel_candidates_share_the_prompt_and_decode_in_one_batch() {
     assert_eq!(next.stats.cached_tokens, adopted);
 }
 
-/// A candidate released once it has ended leaves llama.cpp's cache at once (its cells serve
-/// the others), the others decode on with their histories intact, and the session refuses to
-/// adopt it.
-#[test]
-fn released_candidates_leave_the_cache_and_cannot_be_kept() {
-    let m = model();
-    let mut s = m
+/// A session for 4 parallel sequences and a short chat prompt.
+fn four_candidates_after_a_chat_prompt(
+    m: &Model,
+) -> (
+    small_agent::engine::Session<'_>,
+    Vec<llama_cpp_2::token::LlamaToken>,
+) {
+    let s = m
         .session(&SessionParams {
             n_seq_max: 4,
             ..params(2048)
         })
         .unwrap();
     let prompt = m.tokenize(&m.render_chat(&user("Write a poem."), true).unwrap(), true);
+    (s, prompt)
+}
+
+/// A candidate released once it has ended leaves llama.cpp's cache at once (its cells serve
+/// the others), the others decode on with their histories intact, and the session refuses to
+/// adopt it.
+#[test]
+fn released_candidates_leave_the_cache_and_cannot_be_kept() {
+    let m = model();
+    let (mut s, prompt) = four_candidates_after_a_chat_prompt(&m);
     // Sampled lines that end at their first full stop or after 12 tokens.
     let params = GenerateParams {
         max_tokens: 12,
@@ -397,13 +408,7 @@ fn released_candidates_leave_the_cache_and_cannot_be_kept() {
 #[test]
 fn parallel_decoding_stops_the_candidates_still_running_when_asked() {
     let m = model();
-    let mut s = m
-        .session(&SessionParams {
-            n_seq_max: 4,
-            ..params(2048)
-        })
-        .unwrap();
-    let prompt = m.tokenize(&m.render_chat(&user("Write a poem."), true).unwrap(), true);
+    let (mut s, prompt) = four_candidates_after_a_chat_prompt(&m);
     // Near-random text that ends at its first space: the candidates end at different
     // positions, and the caller wants only the first one to end.
     let params = GenerateParams {

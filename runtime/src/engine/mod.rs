@@ -1773,22 +1773,9 @@ mod tests {
         a
     }
 
-    #[test]
-    fn filtering_once_per_group_chooses_what_each_whole_chain_would() {
-        // llama.cpp's filter (a repeat penalty needs the history).
-        filtering_once_per_group_matches_whole_chains(SamplingParams {
-            temperature: 0.4,
-            top_p: 0.8,
-            repeat_penalty: 1.3,
-            seed: 11,
-            ..SamplingParams::default()
-        });
-    }
-
-    #[test]
-    fn the_native_nucleus_filter_chooses_what_llama_cpp_s_whole_chain_would() {
-        // SAG's sampling: the filter is `Nucleus`, the reference llama.cpp's chain.
-        let params = SamplingParams {
+    /// SAG's sampling: temperature first, then the nucleus (`Filter::Nucleus`).
+    fn sag_sampling() -> SamplingParams {
+        SamplingParams {
             temperature: 0.4,
             top_p: 0.8,
             top_k: 0,
@@ -1796,32 +1783,38 @@ mod tests {
             temperature_first: true,
             seed: 5,
             ..SamplingParams::default()
-        };
+        }
+    }
+
+    /// A filter only llama.cpp's chain computes (a repeat penalty needs the history).
+    fn chain_sampling() -> SamplingParams {
+        SamplingParams {
+            temperature: 0.4,
+            top_p: 0.8,
+            repeat_penalty: 1.3,
+            seed: 11,
+            ..SamplingParams::default()
+        }
+    }
+
+    #[test]
+    fn filtering_once_per_group_chooses_what_each_whole_chain_would() {
+        // llama.cpp's filter (a repeat penalty needs the history).
+        filtering_once_per_group_matches_whole_chains(chain_sampling());
+    }
+
+    #[test]
+    fn the_native_nucleus_filter_chooses_what_llama_cpp_s_whole_chain_would() {
+        // SAG's sampling: the filter is `Nucleus`, the reference llama.cpp's chain.
+        let params = sag_sampling();
         assert!(params.nucleus().is_some());
         filtering_once_per_group_matches_whole_chains(params);
     }
 
     #[test]
     fn candidates_with_equal_histories_share_what_the_grammar_admits_after_a_rejection() {
-        for params in [
-            // SAG's sampling (`Nucleus` filter) and llama.cpp's chain (repeat penalty).
-            SamplingParams {
-                temperature: 0.4,
-                top_p: 0.8,
-                top_k: 0,
-                min_p: 0.0,
-                temperature_first: true,
-                seed: 5,
-                ..SamplingParams::default()
-            },
-            SamplingParams {
-                temperature: 0.4,
-                top_p: 0.8,
-                repeat_penalty: 1.3,
-                seed: 11,
-                ..SamplingParams::default()
-            },
-        ] {
+        // SAG's sampling (`Nucleus` filter) and llama.cpp's chain (repeat penalty).
+        for params in [sag_sampling(), chain_sampling()] {
             let (own, own_sets, redraws) = choices_under_a_grammar(&params, false);
             let (shared, shared_sets, _) = choices_under_a_grammar(&params, true);
             assert_eq!(own, shared, "{params:?}");
