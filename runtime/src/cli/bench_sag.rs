@@ -101,6 +101,9 @@ struct Summary {
     ratio_after_prompt: f64,
     /// Median over questions of the per-question ratio.
     median_ratio: f64,
+    /// 95% interval of `ratio` when the questions are resampled ([`ratio_interval`]): how
+    /// far it could move on other questions of the same kind.
+    ratio_ci95: [f64; 2],
     rows: Vec<QuestionRow>,
 }
 
@@ -177,6 +180,11 @@ pub fn run(a: BenchSagArgs) -> Result<ExitCode> {
         .collect();
     ratios.sort_by(f64::total_cmp);
     let median_ratio = ratios[ratios.len() / 2];
+    let pairs: Vec<(f64, f64)> = rows
+        .iter()
+        .map(|r| (r.sag.total_ms, r.single.total_ms))
+        .collect();
+    let ratio_ci95 = ratio_interval(&pairs);
     let s = Summary {
         n: a.n.max(2),
         split: model.is_split(),
@@ -187,6 +195,7 @@ pub fn run(a: BenchSagArgs) -> Result<ExitCode> {
         ratio: sag_ms / single_ms,
         ratio_after_prompt,
         median_ratio,
+        ratio_ci95,
         rows,
     };
     if a.json {
@@ -210,9 +219,84 @@ pub fn run(a: BenchSagArgs) -> Result<ExitCode> {
         }
         println!(
             "mean step: 1 candidate {:.0} ms, {} candidates {:.0} ms: ratio {:.2}x \
-             (median {:.2}x; without the prompt evaluation {:.2}x)",
-            s.single_ms, s.n, s.sag_ms, s.ratio, s.median_ratio, s.ratio_after_prompt
+             (95% interval over questions {:.2}-{:.2}x; median {:.2}x; without the prompt \
+             evaluation {:.2}x)",
+            s.single_ms,
+            s.n,
+            s.sag_ms,
+            s.ratio,
+            s.ratio_ci95[0],
+            s.ratio_ci95[1],
+            s.median_ratio,
+            s.ratio_after_prompt
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resamplings of [`ratio_interval`].
+const RESAMPLES: usize = 2000;
+
+/// The 2.5% and 97.5% points of `Σ a / Σ b` over [`RESAMPLES`] resamplings of `pairs` with
+/// replacement (a percentile bootstrap with a fixed seed, so a run's JSON is reproducible from
+/// its rows). Why: a step's length is a draw of the sampler, and one long step moves a
+/// 30-question mean by a lot; the interval says whether a ratio against a target means
+/// anything.
+fn ratio_interval(pairs: &[(f64, f64)]) -> [f64; 2] {
+    if pairs.is_empty() {
+        return [f64::NAN, f64::NAN];
+    }
+    // SplitMix64: enough for picking indices, and no dependency.
+    let mut state = 0x5eed_u64;
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut ratios: Vec<f64> = (0..RESAMPLES)
+        .map(|_| {
+            let (mut a, mut b) = (0.0, 0.0);
+            for _ in pairs {
+                let (x, y) = pairs[(next() % pairs.len() as u64) as usize];
+                a += x;
+                b += y;
+            }
+            a / b
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    [
+        ratios[RESAMPLES / 40],
+        ratios[RESAMPLES - 1 - RESAMPLES / 40],
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_holds_the_ratio_and_narrows_only_when_the_questions_agree() {
+        // Every question at exactly 2x: nothing to resample.
+        let same: Vec<(f64, f64)> = (1..=30).map(|i| (2.0 * i as f64, i as f64)).collect();
+        assert_eq!(ratio_interval(&same), [2.0, 2.0]);
+        // Mostly 1.5x with a few long 5x steps: the interval is wide and holds the ratio.
+        let mixed: Vec<(f64, f64)> = (0..30)
+            .map(|i| {
+                if i % 7 == 0 {
+                    (5000.0, 1000.0)
+                } else {
+                    (450.0, 300.0)
+                }
+            })
+            .collect();
+        let ratio = mixed.iter().map(|p| p.0).sum::<f64>() / mixed.iter().map(|p| p.1).sum::<f64>();
+        let [lo, hi] = ratio_interval(&mixed);
+        assert!(lo < ratio && ratio < hi, "{lo} {ratio} {hi}");
+        assert!(hi - lo > 0.5, "{lo} {hi}");
+        // The same seed, the same interval.
+        assert_eq!(ratio_interval(&mixed), [lo, hi]);
+    }
 }
