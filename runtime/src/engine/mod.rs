@@ -622,13 +622,7 @@ impl TokenSampler {
         // A copy, because the draw may reorder what it draws from, and the other members of
         // the group draw from the same tokens. Into a kept buffer: after argmax (which the
         // filter leaves the whole vocabulary to) this is a vocabulary-sized copy per token.
-        let cur = &mut self.scratch;
-        cur.data.clear();
-        cur.data.extend_from_slice(&kept.data);
-        cur.selected = kept.selected;
-        cur.sorted = kept.sorted;
-        cur.apply_sampler(&mut self.draw);
-        let drawn = cur.selected_token();
+        let drawn = draw_from_copy(&mut self.scratch, kept, &mut self.draw);
         let token = match &mut self.grammar {
             None => drawn.unwrap_or(LlamaToken(0)),
             Some(grammar) => match drawn.filter(|&t| admits(grammar, t)) {
@@ -660,15 +654,9 @@ impl TokenSampler {
                         }
                         cur
                     });
-                    // A copy again: the draw may reorder what it draws from.
-                    let cur = &mut self.scratch;
-                    cur.data.clear();
-                    cur.data.extend_from_slice(&shared.data);
-                    cur.selected = shared.selected;
-                    cur.sorted = shared.sorted;
-                    cur.apply_sampler(&mut self.draw);
                     // The grammar always leaves at least one token (llama.cpp aborts otherwise).
-                    cur.selected_token().unwrap_or(LlamaToken(0))
+                    draw_from_copy(&mut self.scratch, shared, &mut self.draw)
+                        .unwrap_or(LlamaToken(0))
                 }
             },
         };
@@ -692,6 +680,21 @@ impl TokenSampler {
         }
         self.draw.accept_many(tokens);
     }
+}
+
+/// Copies `from` into `scratch` (keeping its allocation) and draws from the copy: the draw
+/// may reorder what it draws from, and other candidates draw from the same `from`.
+fn draw_from_copy(
+    scratch: &mut LlamaTokenDataArray,
+    from: &LlamaTokenDataArray,
+    draw: &mut LlamaSampler,
+) -> Option<LlamaToken> {
+    scratch.data.clear();
+    scratch.data.extend_from_slice(&from.data);
+    scratch.selected = from.selected;
+    scratch.sorted = from.sorted;
+    scratch.apply_sampler(draw);
+    scratch.selected_token()
 }
 
 /// Sets `buf` to one position's logits, unsorted and with nothing selected, keeping its
