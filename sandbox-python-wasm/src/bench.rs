@@ -63,6 +63,46 @@ pub const CPU_SNIPPETS: &[(&str, &str, &str, bool)] = &[
     ),
 ];
 
+/// Candidates of the measured SAG step (the paper's N).
+pub const SAG_CANDIDATES: usize = 8;
+/// Rounds of the SAG step measure (fewer when the run asks for under 20 repetitions); each
+/// runs both ways, the order alternating.
+pub const SAG_ROUNDS: usize = 3;
+/// What each candidate runs in the SAG step measure: a typical math step's code.
+pub const SYMPY_CANDIDATE: &str =
+    "import sympy as sp\nx = sp.Symbol('x')\nprint(sp.solve(x**2 - 5*x + 6, x))\n";
+
+/// Milliseconds of one SAG step's code (forks included), medians of [`SAG_ROUNDS`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SagSympy {
+    /// Every fork imports sympy itself.
+    pub cold_ms: f64,
+    /// The session preloads what the candidate imports before each fork.
+    pub preloaded_ms: f64,
+}
+
+/// Runs [`SAG_CANDIDATES`] candidates of [`SYMPY_CANDIDATE`] on forks of a fresh session, the
+/// way the agent does (forks kept until the step ends); `None` when a candidate fails.
+fn sag_step(backend: &dyn PythonBackend, preload: bool) -> Result<Option<Duration>> {
+    let mut session = backend.open(bench_options())?;
+    let started = Instant::now();
+    let mut forks = Vec::with_capacity(SAG_CANDIDATES);
+    for _ in 0..SAG_CANDIDATES {
+        if preload {
+            let slow = crate::slow_imports(SYMPY_CANDIDATE);
+            session.preload(&slow)?;
+        }
+        let mut fork = session.fork()?;
+        if !fork.exec(SYMPY_CANDIDATE).ok() {
+            return Ok(None);
+        }
+        forks.push(fork);
+    }
+    let took = started.elapsed();
+    drop(forks);
+    Ok(Some(took))
+}
+
 /// Sample statistics in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Stats {
@@ -144,6 +184,10 @@ pub struct BenchReport {
     pub native_warm_print: Option<Stats>,
     /// `Session::fork` after numpy and sympy were imported (None where unsupported).
     pub fork: Option<Stats>,
+    /// A SAG step's code when every candidate imports sympy: [`SAG_CANDIDATES`] forks of a
+    /// fresh session each running [`SYMPY_CANDIDATE`], without and with
+    /// [`crate::Session::preload`] before forking (None where sympy is missing).
+    pub sag_sympy: Option<SagSympy>,
     /// CPU-bound snippets.
     pub cpu: Vec<CpuRow>,
 }
@@ -211,6 +255,17 @@ impl std::fmt::Display for BenchReport {
             self.native_warm_print.map(|s| s.p90_ms),
         )?;
         row(f, "fork (p50)", self.fork.map(|s| s.p50_ms), None)?;
+        if let Some(s) = self.sag_sympy {
+            writeln!(
+                f,
+                "{:<28} {:>12.1} {:>12} {:>8.2}  (vs {:.1} ms without preload)",
+                "SAG step, 8x import sympy",
+                s.preloaded_ms,
+                "",
+                s.preloaded_ms / s.cold_ms,
+                s.cold_ms
+            )?;
+        }
         if let Some(mib) = self.idle_session_rss_mib {
             writeln!(f, "{:<28} {:>12.1}", "idle session RSS (MiB)", mib)?;
         }
@@ -487,6 +542,23 @@ pub fn run(
         }
         Err(_) => None,
     };
+    let mut sag = (Vec::new(), Vec::new());
+    // Each round imports sympy nine times (~8 s in the full flavour): a quick run does one.
+    for round in 0..(reps / 20).clamp(1, SAG_ROUNDS) {
+        for preload in [round % 2 == 1, round % 2 == 0] {
+            if let Some(t) = sag_step(backend, preload)? {
+                let side = if preload { &mut sag.1 } else { &mut sag.0 };
+                side.push(t.as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let sag_sympy = match (median(sag.0), median(sag.1)) {
+        (Some(cold_ms), Some(preloaded_ms)) => Some(SagSympy {
+            cold_ms,
+            preloaded_ms,
+        }),
+        _ => None,
+    };
     Ok(BenchReport {
         flavour: backend.flavour().as_str(),
         module_load: (report.module_source, report.module_load),
@@ -498,6 +570,7 @@ pub fn run(
         warm_print: Stats::of(warm),
         native_warm_print: native_warm,
         fork,
+        sag_sympy,
         cpu,
     })
 }

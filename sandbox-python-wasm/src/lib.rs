@@ -45,6 +45,7 @@ mod limits;
 mod lite;
 mod lite_patch;
 mod lite_snapshot;
+mod preload;
 mod result;
 mod session;
 mod site;
@@ -56,6 +57,7 @@ pub use engine::{ModuleSource, WASMTIME_VERSION};
 pub use error::{Result, SandboxError};
 pub use limits::*;
 pub use lite_snapshot::SNAPSHOT_EXTENSION;
+pub use preload::{slow_imports, SLOW_IMPORTS};
 pub use result::{ErrorKind, ExecResult, PyError};
 pub use session::{
     load_backend, Flavour, FullBackend, LiteBackend, LoadReport, PythonBackend, PythonRuntimeFiles,

@@ -56,8 +56,8 @@ impl std::fmt::Display for PyError {
     }
 }
 
-/// The outcome of one `exec`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// The outcome of one `exec`. The default is an empty success (nothing ran).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct ExecResult {
     /// stdout and stderr interleaved, capped at `Limits::output_chars` with a marker.
     pub output: String,

@@ -160,6 +160,7 @@ impl PythonBackend for FullBackend {
             interp: Box::new(interp),
             limits: options.limits,
             flavour: Flavour::Full,
+            preloaded: Vec::new(),
         })
     }
 }
@@ -187,6 +188,7 @@ impl PythonBackend for LiteBackend {
             interp: Box::new(interp),
             limits: options.limits,
             flavour: Flavour::Lite,
+            preloaded: Vec::new(),
         })
     }
 }
@@ -202,6 +204,8 @@ pub struct Session {
     interp: Box<dyn Interp>,
     limits: Limits,
     flavour: Flavour,
+    /// Modules [`Session::preload`] has imported into this state (forks inherit them).
+    preloaded: Vec<String>,
 }
 
 impl std::fmt::Debug for Session {
@@ -225,7 +229,42 @@ impl Session {
             );
             return crate::result::error_only(error, false, Duration::ZERO);
         }
-        self.interp.exec(code, &self.limits)
+        let result = self.interp.exec(code, &self.limits);
+        if result.reset {
+            // A fresh interpreter: nothing is preloaded any more.
+            self.preloaded.clear();
+        }
+        result
+    }
+
+    /// Imports `modules` into the interpreter's module cache without binding any name in
+    /// `__main__`, so that a later snippet's `import` of them, in this session or in forks made
+    /// afterwards, is a cache lookup. The allow-list applies as to any snippet (a refused or
+    /// missing module is the result's error). Meant for [`crate::SLOW_IMPORTS`] found by
+    /// [`crate::slow_imports`] in code about to run on several forks.
+    ///
+    /// The import runs on a fork that replaces this session's state only when it succeeded:
+    /// an import that fails, runs out of memory or time (which replaces the interpreter) leaves
+    /// the session as it was. Modules this state has preloaded before are skipped (nothing
+    /// runs when none is left: an empty success).
+    pub fn preload(&mut self, modules: &[&str]) -> Result<ExecResult> {
+        let missing: Vec<&str> = modules
+            .iter()
+            .copied()
+            .filter(|m| !self.preloaded.iter().any(|p| p == m))
+            .collect();
+        if missing.is_empty() {
+            return Ok(ExecResult::default());
+        }
+        let mut trial = self.fork()?;
+        let result = trial.exec(&crate::preload::preload_source(&missing));
+        if result.ok() {
+            trial
+                .preloaded
+                .extend(missing.iter().map(|m| m.to_string()));
+            self.adopt(trial);
+        }
+        Ok(result)
     }
 
     /// An independent copy of the current Python state. Changes in either are invisible to the
@@ -235,12 +274,14 @@ impl Session {
             interp: self.interp.fork()?,
             limits: self.limits.clone(),
             flavour: self.flavour,
+            preloaded: self.preloaded.clone(),
         })
     }
 
     /// Makes `fork`'s state this session's state (the old state is dropped).
     pub fn adopt(&mut self, fork: Session) {
         self.interp = fork.interp;
+        self.preloaded = fork.preloaded;
     }
 
     /// The limits in force. Timeout and caps may be changed between execs with

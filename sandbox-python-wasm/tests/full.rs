@@ -312,6 +312,86 @@ fn eight_forks_run_candidates_independently() {
     assert_eq!(s.exec("counter").value.as_deref(), Some("0"));
 }
 
+/// The agent's allow-list plus `sys`, to look at `sys.modules`.
+fn session_with_sys() -> Session {
+    let mut allowed: Vec<String> = DEFAULT_ALLOWED_IMPORTS
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    allowed.push("sys".into());
+    common::full()
+        .open(SessionOptions {
+            limits: Limits {
+                allowed_imports: Some(allowed),
+                ..Limits::default()
+            },
+            ..Default::default()
+        })
+        .expect("session opens")
+}
+
+#[test]
+fn preload_fills_the_module_cache_of_later_forks_and_binds_no_name() {
+    let mut s = session_with_sys();
+    assert!(s.exec("x = 1").ok());
+    let code = "import sympy as sp\nimport numpy\nprint(sp.Integer(6) / 4, numpy.int64(3) * 2)";
+    let slow = slow_imports(code);
+    assert_eq!(slow, ["sympy", "numpy"]);
+    let r = s.preload(&slow).expect("fork for the preload");
+    assert!(r.ok(), "{r:?}");
+    // Loaded, but no name in the snippets' namespace; the session's own state is kept.
+    let r = s.exec(
+        "import sys
+('sympy' in sys.modules, 'numpy' in sys.modules, 'sympy' in dir(), 'sp' in dir(), x)",
+    );
+    assert_eq!(
+        r.value.as_deref(),
+        Some("(True, True, False, False, 1)"),
+        "{r:?}"
+    );
+    // A fork made afterwards has it loaded before its code runs, and the code runs as usual.
+    let mut fork = s.fork().unwrap();
+    let r = fork.exec(
+        "import sys
+'sympy' in sys.modules",
+    );
+    assert_eq!(r.value.as_deref(), Some("True"), "{r:?}");
+    let r = fork.exec(code);
+    assert_eq!(r.output, "3/2 6\n", "{r:?}");
+    // Asking again runs nothing.
+    let r = s.preload(&slow).unwrap();
+    assert!(r.ok() && r.duration.is_zero(), "{r:?}");
+}
+
+#[test]
+fn a_preload_that_fails_leaves_the_session_as_it_was() {
+    let mut s = session_with_sys();
+    assert!(s.exec("x = 41").ok());
+    // Outside the allow-list: refused like a snippet's import.
+    let r = s.preload(&["os"]).unwrap();
+    let e = r.error.expect("refused");
+    assert!(e.message.contains("not allowed"), "{e:?}");
+    // Out of time (sympy takes far longer than 50 ms to import): the interpreter the import
+    // ran in is replaced, the session's is not.
+    let limits = s.limits().clone();
+    s.set_limits(Limits {
+        timeout: Duration::from_millis(50),
+        ..limits.clone()
+    })
+    .unwrap();
+    let r = s.preload(&["sympy"]).unwrap();
+    assert!(!r.ok() && r.reset, "{r:?}");
+    s.set_limits(limits).unwrap();
+    let r = s.exec(
+        "import sys
+(x + 1, 'sympy' in sys.modules)",
+    );
+    assert_eq!(r.value.as_deref(), Some("(42, False)"), "{r:?}");
+    // And a later preload is not skipped.
+    let r = s.preload(&["sympy"]).unwrap();
+    assert!(r.ok() && !r.duration.is_zero(), "{r:?}");
+}
+
 #[test]
 fn output_is_capped_with_a_marker() {
     let mut s = session();
@@ -413,6 +493,9 @@ fn bench_times_every_snippet_in_both_interpreters_round_by_round() {
     let report = bench::run(&*common::full(), Some(python3), 5).expect("bench runs");
     assert!(report.warm_print.p50_ms > 0.0 && report.cold_session.p50_ms > 0.0);
     assert!(report.fork.is_some(), "the full flavour forks");
+    let sag = report.sag_sympy.expect("the full flavour has sympy");
+    assert!(sag.cold_ms > 0.0 && sag.preloaded_ms > 0.0, "{sag:?}");
+    assert!(report.to_string().contains("without preload"), "{report}");
     assert_eq!(report.cpu.len(), bench::CPU_SNIPPETS.len());
     for row in &report.cpu {
         assert!(row.sandbox_ms.is_some_and(|ms| ms > 0.0), "{row:?}");

@@ -370,6 +370,43 @@ fn hostile_snippets_are_contained() {
 }
 
 #[test]
+fn preload_imports_once_for_later_forks_and_a_missing_package_changes_nothing() {
+    let mut s = common::lite_with_sympy()
+        .open(SessionOptions {
+            limits: Limits {
+                timeout: Duration::from_secs(120),
+                ..Limits::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(s.exec("x = 41").ok());
+    // The lite interpreter has no numpy: the preload fails and the session is as it was.
+    let r = s.preload(&["numpy"]).unwrap();
+    assert_eq!(r.error.expect("no numpy").type_name, "ModuleNotFoundError");
+    let r = s.preload(&["sympy"]).unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(
+        s.exec("('sympy' in dir(), x + 1)").value.as_deref(),
+        Some("(False, 42)")
+    );
+    // A later fork's import is a lookup in the module cache the preload filled: the module
+    // object is the one the session holds.
+    let mut f = s.fork().unwrap();
+    let r = f.exec(
+        "import sympy
+sympy.__file__",
+    );
+    assert_eq!(
+        r.value.as_deref(),
+        Some("'/site/0/sympy/__init__.py'"),
+        "{r:?}"
+    );
+    let r = f.exec("sorted(sympy.solve(sympy.Symbol('y')**2 - 4))");
+    assert_eq!(r.value.as_deref(), Some("[-2, 2]"), "{r:?}");
+}
+
+#[test]
 fn sympy_from_read_only_wheels() {
     let mut s = common::lite_with_sympy()
         .open(SessionOptions {

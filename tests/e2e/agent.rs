@@ -252,3 +252,39 @@ fn only_the_winning_candidates_effects_reach_the_session() {
     let seen = py.exec("print([n for n in ('a_var', 'b_var', 'c_var') if n in globals()], shared)");
     assert_eq!(seen.output, "['b_var'] ['b']\n", "{seen:?}");
 }
+
+#[test]
+fn a_package_one_candidate_imports_is_loaded_once_for_the_later_forks() {
+    use small_agent::agent::execute_candidates;
+    use small_agent_sandbox::{Limits, SessionOptions, DEFAULT_ALLOWED_IMPORTS};
+    let python = assets::python_backend(Flavour::Full).unwrap();
+    // The agent's allow-list plus `sys`, to look at the module cache.
+    let mut allowed: Vec<String> = DEFAULT_ALLOWED_IMPORTS
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    allowed.push("sys".into());
+    let mut py = python
+        .open(SessionOptions {
+            limits: Limits {
+                allowed_imports: Some(allowed),
+                ..Limits::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+    let probe = "import sys\nprint('sympy' in sys.modules)";
+    let codes = [
+        Some("import sympy\nprint(sympy.Integer(7) / 2)".to_owned()),
+        Some(probe.to_owned()),
+        Some(probe.to_owned()),
+    ];
+    let step = execute_candidates(&mut py, &codes).unwrap();
+    // Candidate 0's import was made in the session before its fork, so the forks of 1 and 2
+    // found sympy loaded: they agree and win.
+    assert_eq!(step.winner, 1, "{step:?}");
+    assert_eq!(step.result.as_ref().unwrap().output, "True\n");
+    // No name of candidate 0 reached the session.
+    let seen = py.exec("print('sympy' in globals())");
+    assert_eq!(seen.output, "False\n", "{seen:?}");
+}

@@ -693,6 +693,19 @@ impl CandidateRunner {
                 fork: None,
             }
         } else {
+            // A package imported before forking is in every later fork's module cache:
+            // candidates that each `import sympy` then pay for it once, not N times.
+            let slow = small_agent_sandbox::slow_imports(code);
+            if !slow.is_empty() {
+                let r = py.preload(&slow)?;
+                tracing::debug!(
+                    candidate = i,
+                    modules = ?slow,
+                    ms = r.duration.as_secs_f64() * 1e3,
+                    ok = r.ok(),
+                    "preloaded before forking"
+                );
+            }
             let mut fork = py.fork()?;
             let result = fork.exec(code);
             Ran {
