@@ -288,3 +288,33 @@ fn a_package_one_candidate_imports_is_loaded_once_for_the_later_forks() {
     let seen = py.exec("print('sympy' in globals())");
     assert_eq!(seen.output, "False\n", "{seen:?}");
 }
+
+#[test]
+fn after_a_candidate_used_the_timeout_the_others_get_their_share_of_it() {
+    use small_agent::agent::execute_candidates;
+    use small_agent_sandbox::Limits;
+    use std::time::Duration;
+    let python = assets::python_backend(Flavour::Full).unwrap();
+    let mut py = python.open(Default::default()).unwrap();
+    py.set_limits(Limits {
+        timeout: Duration::from_secs(1),
+        ..py.limits().clone()
+    })
+    .unwrap();
+    let nap = "import time\ntime.sleep(0.6)\nprint('rested')";
+    let codes = [
+        Some("while True:\n    pass".to_owned()),
+        Some(nap.to_owned()),
+        Some("print('rested')".to_owned()),
+    ];
+    let step = execute_candidates(&mut py, &codes).unwrap();
+    // The loop used the step's whole second, so the nap got a third of it and was stopped:
+    // alone, "rested" from candidate 2 wins. With its own full second the nap would have
+    // joined it and won as the earlier one.
+    let ran: Vec<bool> = step.candidates.iter().map(|c| c.ran).collect();
+    assert_eq!(ran, [false, false, true], "{step:?}");
+    assert_eq!(step.winner, 2, "{step:?}");
+    // On its own, the nap fits the session's limit.
+    let alone = execute_candidates(&mut py, &[Some(nap.to_owned())]).unwrap();
+    assert!(alone.candidates[0].ran, "{alone:?}");
+}

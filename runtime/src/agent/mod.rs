@@ -130,6 +130,21 @@ impl AgentConfig {
     }
 }
 
+/// Time limit of a SAG candidate's code: the session's `timeout` while the step's code so far
+/// (`spent`, forks included) has used less than that, and never less than `timeout / n`.
+/// Why: each candidate is one execution with its own limit, so N candidates that loop would
+/// hold the step for N timeouts; with this, a step's code takes less than two (a candidate
+/// that loops after one has used up the step's share gets `timeout / n`), and steps whose
+/// code is quick give every candidate the whole timeout as before.
+pub fn candidate_timeout(
+    timeout: std::time::Duration,
+    n: usize,
+    spent: std::time::Duration,
+) -> std::time::Duration {
+    let share = timeout / n.max(1) as u32;
+    timeout.saturating_sub(spent).max(share)
+}
+
 /// One candidate's outcome within a step.
 #[derive(Debug, Clone, Serialize)]
 pub struct CandidateRecord {
@@ -707,6 +722,14 @@ impl CandidateRunner {
                 );
             }
             let mut fork = py.fork()?;
+            let full = py.limits().timeout;
+            let limit = candidate_timeout(full, self.ran.len(), self.exec + t.elapsed());
+            if limit < full {
+                fork.set_limits(small_agent_sandbox::Limits {
+                    timeout: limit,
+                    ..fork.limits().clone()
+                })?;
+            }
             let result = fork.exec(code);
             Ran {
                 result,
@@ -884,6 +907,19 @@ fn vote(ran: &[Option<Ran>]) -> (usize, Vec<usize>) {
 mod tests {
     use super::*;
     use small_agent_sandbox::{ErrorKind, FinalAnswer, PyError};
+
+    #[test]
+    fn a_candidate_gets_the_whole_timeout_until_the_step_has_used_it_then_its_share() {
+        use std::time::Duration;
+        let t = Duration::from_secs(10);
+        let ms = Duration::from_millis;
+        assert_eq!(candidate_timeout(t, 8, ms(30)), ms(9_970));
+        assert_eq!(candidate_timeout(t, 8, Duration::ZERO), t);
+        assert_eq!(candidate_timeout(t, 8, ms(9_000)), ms(1_250));
+        assert_eq!(candidate_timeout(t, 8, ms(25_000)), ms(1_250));
+        assert_eq!(candidate_timeout(t, 1, ms(25_000)), t);
+        assert_eq!(candidate_timeout(t, 0, ms(25_000)), t);
+    }
 
     fn ok(output: &str, answer: Option<&str>) -> Option<Ran> {
         Some(Ran {

@@ -348,7 +348,8 @@ pub struct SandboxArgs {
         value_name = "FLAVOUR"
     )]
     pub python: String,
-    /// Wall-clock limit of one code execution, in seconds
+    /// Wall-clock limit of one code execution, in seconds (with SAG, once a step's code has
+    /// used it up, each further candidate gets the limit divided by the candidates)
     #[arg(long, default_value_t = small_agent_sandbox::DEFAULT_TIMEOUT.as_secs_f64(), value_name = "S")]
     pub timeout: f64,
     /// Memory cap of the interpreter, in MiB
