@@ -369,9 +369,9 @@ fn hostile_snippets_are_contained() {
     assert!(n >= 30, "only {n} hostile snippets");
 }
 
-#[test]
-fn preload_imports_once_for_later_forks_and_a_missing_package_changes_nothing() {
-    let mut s = common::lite_with_sympy()
+/// A session with the sympy wheels mounted, and time for sympy's import (slow in lite).
+fn sympy_session() -> Session {
+    common::lite_with_sympy()
         .open(SessionOptions {
             limits: Limits {
                 timeout: Duration::from_secs(120),
@@ -379,7 +379,12 @@ fn preload_imports_once_for_later_forks_and_a_missing_package_changes_nothing() 
             },
             ..Default::default()
         })
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn preload_imports_once_for_later_forks_and_a_missing_package_changes_nothing() {
+    let mut s = sympy_session();
     assert!(s.exec("x = 41").ok());
     // The lite interpreter has no numpy: the preload fails and the session is as it was.
     let r = s.preload(&["numpy"]).unwrap();
@@ -408,15 +413,7 @@ sympy.__file__",
 
 #[test]
 fn sympy_from_read_only_wheels() {
-    let mut s = common::lite_with_sympy()
-        .open(SessionOptions {
-            limits: Limits {
-                timeout: Duration::from_secs(120),
-                ..Limits::default()
-            },
-            ..Default::default()
-        })
-        .unwrap();
+    let mut s = sympy_session();
     let r = s.exec("import sympy\nx = sympy.Symbol('x')\nsorted(sympy.solve(x**2 - 5*x + 6, x))");
     assert_eq!(r.value.as_deref(), Some("[2, 3]"), "{r:?}");
     eprintln!("lite: import sympy + solve took {:?}", r.duration);
