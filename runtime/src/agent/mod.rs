@@ -447,7 +447,7 @@ impl<'m> Agent<'m> {
                 // The model continues the partial assistant turn.
                 text.push_str(p);
             }
-            let prompt = model.tokenize(&text, true);
+            let prompt = self.session.prompt_tokens(&text);
             let mut cancelled = false;
             let prefix = gen.prefill.clone().unwrap_or_default();
             // Each candidate's code runs as soon as its reply ends, while the others are
@@ -563,7 +563,9 @@ impl<'m> Agent<'m> {
             "user",
             prompt::fill(&tpl.final_fallback, &[("question", question)]),
         ));
-        let prompt = model.tokenize(&model.render_chat(&state.messages, true)?, true);
+        let prompt = self
+            .session
+            .prompt_tokens(&model.render_chat(&state.messages, true)?);
         let fallback = GenerateParams {
             max_tokens: FALLBACK_TOKENS,
             sampling: SamplingParams::greedy(),
