@@ -361,6 +361,48 @@ fn parallel_candidates_share_the_prompt_and_decode_in_one_batch() {
     assert_eq!(next.stats.cached_tokens, adopted);
 }
 
+/// Moving the kept candidate's spread cells to the front of the cache changes where they
+/// are, not what they hold: the conversation continues from them (reused, not evaluated
+/// again) as it does from cells left where they were decoded.
+#[test]
+fn a_kept_candidate_moved_to_the_front_continues_as_left_in_place() {
+    let m = model();
+    let continue_after_keep = |compact_kept: bool| {
+        let mut s = m
+            .session(&SessionParams {
+                n_seq_max: 4,
+                compact_kept,
+                ..params(2048)
+            })
+            .unwrap();
+        let prompt = m.tokenize(&m.render_chat(&user("Write a poem."), true).unwrap(), true);
+        let sampled = GenerateParams {
+            max_tokens: 24,
+            sampling: SamplingParams {
+                temperature: 1.0,
+                seed: 5,
+                ..SamplingParams::default()
+            },
+            ..Default::default()
+        };
+        let cands = s
+            .complete_parallel(&prompt, 4, &sampled, &mut |_, _| true)
+            .unwrap();
+        assert!(cands[0].stats.decoded_tokens > 40, "{cands:?}");
+        let mut kept = s.cached_tokens(3).to_vec();
+        s.keep_sequence(3).unwrap();
+        assert_eq!(s.cache_extent(0), kept.len());
+        let adopted = kept.len();
+        kept.extend(m.tokenize("\nAnd now one line about the sea:", false));
+        let next = s
+            .complete_tokens(&kept, &greedy(24), &mut |_| true)
+            .unwrap();
+        assert_eq!(next.stats.cached_tokens, adopted);
+        next.text
+    };
+    assert_eq!(continue_after_keep(true), continue_after_keep(false));
+}
+
 /// A session for 4 parallel sequences and a short chat prompt.
 fn four_candidates_after_a_chat_prompt(
     m: &Model,

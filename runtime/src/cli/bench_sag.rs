@@ -26,6 +26,11 @@ pub struct BenchSagArgs {
     /// Candidates of the measured SAG step
     #[arg(long, short = 'n', default_value_t = 8, value_name = "N")]
     pub n: usize,
+    /// Steps per question: 1 measures the first step, whose prompt both sides share; more
+    /// measures every step of runs of up to N steps (after the first, each side follows its
+    /// own conversation), as mean time per step
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub steps: usize,
     /// Sampling seed (candidate i uses seed + i; the single candidate uses seed)
     #[arg(long, default_value_t = 42, value_name = "S")]
     pub seed: u32,
@@ -40,7 +45,7 @@ pub struct BenchSagArgs {
     pub shard: ShardArgs,
 }
 
-/// One question's first step, both ways.
+/// One question's steps, both ways.
 #[derive(Debug, Serialize)]
 struct QuestionRow {
     question: String,
@@ -48,10 +53,12 @@ struct QuestionRow {
     sag: StepTimes,
 }
 
-/// Milliseconds of one step: its prompt evaluation, decoding (all candidates) and the
-/// candidates' code on their sandbox forks.
+/// Milliseconds of a question's measured steps, summed: their prompt evaluation, decoding
+/// (all candidates) and the candidates' code on their sandbox forks.
 #[derive(Debug, Clone, Copy, Serialize)]
 struct StepTimes {
+    /// Steps measured.
+    steps: usize,
     prompt_ms: f64,
     gen_ms: f64,
     exec_ms: f64,
@@ -64,8 +71,37 @@ struct StepTimes {
 }
 
 impl StepTimes {
+    fn of_steps(steps: &[StepRecord]) -> Self {
+        let mut sum = Self {
+            steps: 0,
+            prompt_ms: 0.0,
+            gen_ms: 0.0,
+            exec_ms: 0.0,
+            gen_tokens: 0,
+            all_tokens: 0,
+            total_ms: 0.0,
+        };
+        for step in steps {
+            let one = Self::of(step);
+            sum.steps += 1;
+            sum.prompt_ms += one.prompt_ms;
+            sum.gen_ms += one.gen_ms;
+            sum.exec_ms += one.exec_ms;
+            sum.gen_tokens += one.gen_tokens;
+            sum.all_tokens += one.all_tokens;
+            sum.total_ms += one.total_ms;
+        }
+        sum
+    }
+
+    /// Mean milliseconds per step.
+    fn per_step(&self) -> f64 {
+        self.total_ms / self.steps.max(1) as f64
+    }
+
     fn of(step: &StepRecord) -> Self {
         Self {
+            steps: 1,
             prompt_ms: step.llm.prompt_ms,
             gen_ms: step.llm.gen_ms,
             exec_ms: step.exec_ms,
@@ -90,6 +126,8 @@ struct Summary {
     /// they apply where it runs on the CPU).
     q8_0_keys: bool,
     questions: usize,
+    /// Steps asked for per question (`--steps`).
+    steps: usize,
     /// Mean step wall time, one candidate.
     single_ms: f64,
     /// Mean step wall time, N candidates.
@@ -120,7 +158,7 @@ pub fn run(a: BenchSagArgs) -> Result<ExitCode> {
     // Both agents sample alike (the paper's SAG temperature and top-p, same seed), so the
     // single candidate is the SAG step's candidate 0 and the difference is the other N-1.
     let mut sag_config = AgentConfig {
-        max_steps: 1,
+        max_steps: a.steps.max(1),
         grammar: Some(STEP_GRAMMAR.to_owned()),
         ..AgentConfig::default()
     }
@@ -152,10 +190,10 @@ pub fn run(a: BenchSagArgs) -> Result<ExitCode> {
         let mut times = [None, None];
         for k in order {
             let run = agents[k].run(&q.question, &mut |_| true)?;
-            let step = run.steps.first().ok_or_else(|| {
-                anyhow::anyhow!("the agent ended before its first step: {:?}", run.failure)
-            })?;
-            times[k] = Some(StepTimes::of(step));
+            if run.steps.is_empty() {
+                anyhow::bail!("the agent ended before its first step: {:?}", run.failure);
+            }
+            times[k] = Some(StepTimes::of_steps(&run.steps));
         }
         let [Some(single), Some(sag)] = times else {
             unreachable!("both sides ran")
@@ -168,28 +206,40 @@ pub fn run(a: BenchSagArgs) -> Result<ExitCode> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let k = rows.len().max(1) as f64;
-    let mean = |f: &dyn Fn(&QuestionRow) -> f64| rows.iter().map(f).sum::<f64>() / k;
-    let single_ms = mean(&|r| r.single.total_ms);
-    let sag_ms = mean(&|r| r.sag.total_ms);
-    let after = |t: &StepTimes| t.gen_ms + t.exec_ms;
-    let ratio_after_prompt = mean(&|r| after(&r.sag)) / mean(&|r| after(&r.single));
+    // Means per step over all measured steps of a side.
+    let per_step = |f: &dyn Fn(&QuestionRow) -> (f64, usize)| {
+        let (ms, n) = rows
+            .iter()
+            .map(f)
+            .fold((0.0, 0), |(a, n), (x, m)| (a + x, n + m));
+        ms / n.max(1) as f64
+    };
+    let single_ms = per_step(&|r| (r.single.total_ms, r.single.steps));
+    let sag_ms = per_step(&|r| (r.sag.total_ms, r.sag.steps));
+    let after = |t: &StepTimes| (t.gen_ms + t.exec_ms, t.steps);
+    let ratio_after_prompt = per_step(&|r| after(&r.sag)) / per_step(&|r| after(&r.single));
     let mut ratios: Vec<f64> = rows
         .iter()
-        .map(|r| r.sag.total_ms / r.single.total_ms)
+        .map(|r| r.sag.per_step() / r.single.per_step())
         .collect();
     ratios.sort_by(f64::total_cmp);
     let median_ratio = ratios[ratios.len() / 2];
-    let pairs: Vec<(f64, f64)> = rows
+    let sides: Vec<[(f64, usize); 2]> = rows
         .iter()
-        .map(|r| (r.sag.total_ms, r.single.total_ms))
+        .map(|r| {
+            [
+                (r.sag.total_ms, r.sag.steps),
+                (r.single.total_ms, r.single.steps),
+            ]
+        })
         .collect();
-    let ratio_ci95 = ratio_interval(&pairs);
+    let ratio_ci95 = ratio_interval(&sides);
     let s = Summary {
         n: a.n.max(2),
         split: model.is_split(),
         q8_0_keys: !a.context.f16_keys,
         questions: rows.len(),
+        steps: a.steps.max(1),
         single_ms,
         sag_ms,
         ratio: sag_ms / single_ms,
@@ -202,19 +252,21 @@ pub fn run(a: BenchSagArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
         println!(
-            "| question | 1 candidate ms (tokens) | {} candidates ms (longest) | ratio |",
+            "| question | 1 candidate: steps, ms per step (tokens) | {} candidates: steps, ms per step (longest) | ratio |",
             s.n
         );
         println!("|---|---|---|---|");
         for r in &s.rows {
             let q: String = r.question.chars().take(48).collect();
             println!(
-                "| {q} | {:.0} ({}) | {:.0} ({}) | {:.2} |",
-                r.single.total_ms,
+                "| {q} | {}, {:.0} ({}) | {}, {:.0} ({}) | {:.2} |",
+                r.single.steps,
+                r.single.per_step(),
                 r.single.gen_tokens,
-                r.sag.total_ms,
+                r.sag.steps,
+                r.sag.per_step(),
                 r.sag.gen_tokens,
-                r.sag.total_ms / r.single.total_ms
+                r.sag.per_step() / r.single.per_step()
             );
         }
         println!(
@@ -237,12 +289,13 @@ pub fn run(a: BenchSagArgs) -> Result<ExitCode> {
 /// Resamplings of [`ratio_interval`].
 const RESAMPLES: usize = 2000;
 
-/// The 2.5% and 97.5% points of `Σ a / Σ b` over [`RESAMPLES`] resamplings of `pairs` with
+/// The 2.5% and 97.5% points of the ratio of mean step times, `(Σ a / Σ steps of a) /
+/// (Σ b / Σ steps of b)`, over [`RESAMPLES`] resamplings of the questions `[a, b]` with
 /// replacement (a percentile bootstrap with a fixed seed, so a run's JSON is reproducible from
 /// its rows). Why: a step's length is a draw of the sampler, and one long step moves a
 /// 30-question mean by a lot; the interval says whether a ratio against a target means
 /// anything.
-fn ratio_interval(pairs: &[(f64, f64)]) -> [f64; 2] {
+fn ratio_interval(pairs: &[[(f64, usize); 2]]) -> [f64; 2] {
     if pairs.is_empty() {
         return [f64::NAN, f64::NAN];
     }
@@ -257,13 +310,12 @@ fn ratio_interval(pairs: &[(f64, f64)]) -> [f64; 2] {
     };
     let mut ratios: Vec<f64> = (0..RESAMPLES)
         .map(|_| {
-            let (mut a, mut b) = (0.0, 0.0);
+            let (mut a, mut na, mut b, mut nb) = (0.0, 0, 0.0, 0);
             for _ in pairs {
-                let (x, y) = pairs[(next() % pairs.len() as u64) as usize];
-                a += x;
-                b += y;
+                let [(x, nx), (y, ny)] = pairs[(next() % pairs.len() as u64) as usize];
+                (a, na, b, nb) = (a + x, na + nx, b + y, nb + ny);
             }
-            a / b
+            (a / na.max(1) as f64) / (b / nb.max(1) as f64)
         })
         .collect();
     ratios.sort_by(f64::total_cmp);
@@ -280,19 +332,27 @@ mod tests {
     #[test]
     fn the_interval_holds_the_ratio_and_narrows_only_when_the_questions_agree() {
         // Every question at exactly 2x: nothing to resample.
-        let same: Vec<(f64, f64)> = (1..=30).map(|i| (2.0 * i as f64, i as f64)).collect();
+        let same: Vec<[(f64, usize); 2]> = (1..=30)
+            .map(|i| [(2.0 * i as f64, 1), (i as f64, 1)])
+            .collect();
         assert_eq!(ratio_interval(&same), [2.0, 2.0]);
+        // Per step: a side that took two steps for twice the time is as fast per step.
+        let per_step: Vec<[(f64, usize); 2]> = (1..=30)
+            .map(|i| [(4.0 * i as f64, 2), (i as f64, 1)])
+            .collect();
+        assert_eq!(ratio_interval(&per_step), [2.0, 2.0]);
         // Mostly 1.5x with a few long 5x steps: the interval is wide and holds the ratio.
-        let mixed: Vec<(f64, f64)> = (0..30)
+        let mixed: Vec<[(f64, usize); 2]> = (0..30)
             .map(|i| {
                 if i % 7 == 0 {
-                    (5000.0, 1000.0)
+                    [(5000.0, 1), (1000.0, 1)]
                 } else {
-                    (450.0, 300.0)
+                    [(450.0, 1), (300.0, 1)]
                 }
             })
             .collect();
-        let ratio = mixed.iter().map(|p| p.0).sum::<f64>() / mixed.iter().map(|p| p.1).sum::<f64>();
+        let ratio =
+            mixed.iter().map(|p| p[0].0).sum::<f64>() / mixed.iter().map(|p| p[1].0).sum::<f64>();
         let [lo, hi] = ratio_interval(&mixed);
         assert!(lo < ratio && ratio < hi, "{lo} {ratio} {hi}");
         assert!(hi - lo > 0.5, "{lo} {hi}");

@@ -196,6 +196,10 @@ pub struct ContextArgs {
     /// is Q8_0 there, which makes their attention faster on CPUs (see ARCHITECTURE.md)
     #[arg(long, env = "SMALL_AGENT_F16_KEYS", value_parser = clap::builder::BoolishValueParser::new())]
     pub f16_keys: bool,
+    /// Leave a SAG step's kept reply where it was decoded in the KV cache instead of moving
+    /// it to the front (for measuring what the move saves)
+    #[arg(long, env = "SMALL_AGENT_NO_COMPACT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_compact: bool,
 }
 
 impl ContextArgs {
@@ -208,6 +212,7 @@ impl ContextArgs {
             n_threads_batch: t,
             own_output_head: !self.llama_logits,
             q8_0_keys: !self.f16_keys,
+            compact_kept: !self.no_compact,
             ..SessionParams::default()
         }
     }
