@@ -78,9 +78,10 @@ fn steps_reuse_the_kv_cache_and_run_their_code() {
         }
     }
     if run.steps.len() == 2 {
-        // Step 2 evaluates only what step 1 added after its reply: the reply's tokens are
-        // reused as generated (all but the last sampled one, never evaluated, and what the
-        // reply's closing may re-spell).
+        // Step 2 evaluates only what step 1 added after its reply: the conversation's text
+        // tokenizes back to the reply's tokens (the grammar's forced start is in the prompt,
+        // not spelled out by the model), all but the last sampled one, never evaluated, and
+        // what the reply's closing may re-spell.
         let second = &run.steps[1];
         assert!(
             second.llm.cached_tokens + 3 >= first.llm.prompt_tokens + first.llm.gen_tokens,

@@ -158,38 +158,6 @@ fn kv_cache_is_reused_and_only_new_tokens_are_evaluated() {
 }
 
 #[test]
-fn a_reply_split_unlike_the_tokenizer_would_is_reused_as_generated() {
-    let m = model();
-    let mut s = m.session(&params(1024)).unwrap();
-    let head = m.render_chat(&user("Say something."), true).unwrap();
-    // "Thought" spelled the way the step grammar can force it out: "T", "h", "ought".
-    let mut held = m.tokenize(&head, true);
-    for piece in ["T", "h", "ought"] {
-        held.extend(m.tokenize(piece, false));
-    }
-    s.complete_tokens(&held, &greedy(1), &mut |_| true).unwrap();
-    // The next prompt continues that text; tokenized whole, it splits "Thought" its own way.
-    let text = format!("{head}Thought: more<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n");
-    let whole = m.tokenize(&text, true);
-    let first_difference = held.iter().zip(&whole).take_while(|(a, b)| a == b).count();
-    assert!(
-        first_difference < held.len(),
-        "the test needs a split of its own"
-    );
-    let prompt = s.prompt_tokens(&text);
-    assert_eq!(prompt[..held.len()], held[..]);
-    let c = s
-        .complete_tokens(&prompt, &greedy(1), &mut |_| true)
-        .unwrap();
-    assert_eq!(c.stats.cached_tokens, held.len(), "{:?}", c.stats);
-    // A text that leaves what the cache spells keeps only the part before that.
-    let other = format!("{head}Tho?");
-    let prompt = s.prompt_tokens(&other);
-    assert_eq!(prompt[..held.len() - 1], held[..held.len() - 1]);
-    assert_ne!(prompt[held.len() - 1], held[held.len() - 1]);
-}
-
-#[test]
 fn sequences_can_be_forked_without_re_evaluation() {
     let m = model();
     let mut s = m

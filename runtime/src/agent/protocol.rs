@@ -46,6 +46,26 @@ pub fn extract_code(reply: &str) -> Option<String> {
     (!blocks.is_empty()).then(|| blocks.join("\n\n"))
 }
 
+/// The text every reply must start with under `grammar` (GBNF): the first literal of its
+/// `root` rule when the rule begins with one, without trailing whitespace (so the model's own
+/// next token still carries its leading space). `None` when the rule starts otherwise or the
+/// literal has escapes.
+pub fn grammar_forced_prefix(grammar: &str) -> Option<String> {
+    let rule = grammar
+        .lines()
+        .map(str::trim_start)
+        .find(|l| l.starts_with("root") && l["root".len()..].trim_start().starts_with("::="))?;
+    let body = rule.split_once("::=")?.1.trim_start();
+    let literal = body.strip_prefix('"')?;
+    let end = literal.find('"')?;
+    let text = &literal[..end];
+    if text.contains('\\') {
+        return None;
+    }
+    let text = text.trim_end();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
 /// The thought of a reply: the text before `Code:` (or before the first fence), without the
 /// `Thought:` label.
 pub fn extract_thought(reply: &str) -> String {
@@ -77,6 +97,26 @@ mod tests {
         let reply =
             "```text\nnot code\n```\n```python\na = 1\n```\nand\n```py\nprint(a)\n```<end_code>";
         assert_eq!(extract_code(reply).unwrap(), "a = 1\n\nprint(a)");
+    }
+
+    #[test]
+    fn the_forced_start_of_a_grammar_is_its_root_rules_first_literal() {
+        assert_eq!(
+            grammar_forced_prefix(crate::agent::STEP_GRAMMAR).as_deref(),
+            Some("Thought:")
+        );
+        assert_eq!(
+            grammar_forced_prefix("# c\nroot ::= \"Answer: \" [0-9]+\n").as_deref(),
+            Some("Answer:")
+        );
+        // Not a literal first, an escape, or only whitespace: nothing is forced.
+        assert_eq!(
+            grammar_forced_prefix("root ::= line \"x\"\nline ::= [a-z]+"),
+            None
+        );
+        assert_eq!(grammar_forced_prefix("root ::= \"a\\nb\" [0-9]"), None);
+        assert_eq!(grammar_forced_prefix("root ::= \" \" [0-9]"), None);
+        assert_eq!(grammar_forced_prefix("roots ::= \"x\""), None);
     }
 
     #[test]

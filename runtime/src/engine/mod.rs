@@ -1251,42 +1251,8 @@ impl<'m> Session<'m> {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Completion> {
-        let tokens = self.prompt_tokens(prompt);
+        let tokens = self.model.tokenize(prompt, true);
         self.complete_tokens(&tokens, params, on_text)
-    }
-
-    /// The tokens of prompt `text` (special tokens parsed, BOS as the model wants) for a call
-    /// on sequence 0: the tokens sequence 0 holds, as far as `text` begins with the text they
-    /// spell, then the rest of `text` tokenized.
-    ///
-    /// Why: generated tokens need not be the tokenizer's own split of their text (under the
-    /// step grammar the model may spell `Thought` as `T`, `h`, `ought`), so tokenizing the
-    /// next step's whole conversation would differ from the cache where the reply starts, and
-    /// every token after that would be evaluated again (seen on 7 of 8 MATH questions' second
-    /// steps: 47 to 398 tokens instead of 16). The model then also reads its reply as it
-    /// produced it.
-    pub fn prompt_tokens(&self, text: &str) -> Vec<LlamaToken> {
-        let vocab = self.model.inner.vocab();
-        let bytes = text.as_bytes();
-        // (tokens, bytes) of the longest match that ends on a character boundary of `text`.
-        let (mut kept, mut at) = (0, 0);
-        let mut off = 0;
-        for (i, t) in self.cached[0].iter().enumerate() {
-            let piece = vocab.token_to_piece(*t, true, None);
-            if bytes.get(off..off + piece.len()) != Some(&piece[..]) {
-                break;
-            }
-            off += piece.len();
-            if text.is_char_boundary(off) {
-                (kept, at) = (i + 1, off);
-            }
-        }
-        if kept == 0 {
-            return self.model.tokenize(text, true);
-        }
-        let mut tokens = self.cached[0][..kept].to_vec();
-        tokens.extend(self.model.tokenize(&text[at..], false));
-        tokens
     }
 
     /// Generates a continuation of `prompt` tokens on sequence 0, evaluating only the part
