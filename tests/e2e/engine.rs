@@ -336,14 +336,7 @@ fn parallel_candidates_share_the_prompt_and_decode_in_one_batch() {
 fn a_kept_candidate_moved_to_the_front_continues_as_left_in_place() {
     let m = model();
     let continue_after_keep = |compact_kept: bool| {
-        let mut s = m
-            .session(&SessionParams {
-                n_seq_max: 4,
-                compact_kept,
-                ..params(2048)
-            })
-            .unwrap();
-        let prompt = m.tokenize(&m.render_chat(&user("Write a poem."), true).unwrap(), true);
+        let (mut s, prompt) = four_candidates_after_a_chat_prompt_with(&m, compact_kept);
         let sampled = GenerateParams {
             max_tokens: 24,
             sampling: SamplingParams {
@@ -378,9 +371,21 @@ fn four_candidates_after_a_chat_prompt(
     small_agent::engine::Session<'_>,
     Vec<llama_cpp_2::token::LlamaToken>,
 ) {
+    four_candidates_after_a_chat_prompt_with(m, SessionParams::default().compact_kept)
+}
+
+/// The same, choosing whether the kept candidate's cells move to the front.
+fn four_candidates_after_a_chat_prompt_with(
+    m: &Model,
+    compact_kept: bool,
+) -> (
+    small_agent::engine::Session<'_>,
+    Vec<llama_cpp_2::token::LlamaToken>,
+) {
     let s = m
         .session(&SessionParams {
             n_seq_max: 4,
+            compact_kept,
             ..params(2048)
         })
         .unwrap();
