@@ -1669,32 +1669,37 @@ impl<'m> Session<'m> {
             self.cached[s].clear();
         }
         if spread && self.params.compact_kept && !self.cached[0].is_empty() {
-            self.compact()?;
+            self.compact();
         }
         Ok(())
     }
 
-    /// Moves sequence 0 (the only one holding cells) to cells `0..n` of the cache.
-    fn compact(&mut self) -> Result<()> {
+    /// Moves sequence 0 (the only one holding cells) to cells `0..n` of the cache. Never
+    /// fails: a state that cannot be read out stays in place, one that does not go back in is
+    /// dropped from the cache and its mirror.
+    fn compact(&mut self) {
         let t = Instant::now();
         let flags = llama_cpp_2::LlamaStateSeqFlags::empty();
-        let state = self
-            .ctx
-            .state_seq_get(0, flags)
-            .map_err(|e| EngineError::Llama(format!("reading the kept sequence: {e}")))?;
+        let state = match self.ctx.state_seq_get(0, flags) {
+            Ok(state) => state,
+            Err(e) => {
+                // Nothing was moved: the cells stay where they are, only slower to attend.
+                tracing::warn!(error = %e, "the kept sequence could not be read out; left in place");
+                return;
+            }
+        };
         self.ctx.clear_kv_cache();
         if let Err(e) = self.ctx.state_seq_set(&state, 0) {
             tracing::warn!(error = %e, "the kept sequence did not go back into the cache; it will be evaluated again");
             self.ctx.clear_kv_cache();
             self.cached[0].clear();
-            return Ok(());
+            return;
         }
         tracing::debug!(
             cells = self.cached[0].len(),
             ms = t.elapsed().as_secs_f64() * 1e3,
             "kept sequence moved to the front of the cache"
         );
-        Ok(())
     }
 
     /// Sends the decoding threads to sleep: by default they poll for the next graph for a
