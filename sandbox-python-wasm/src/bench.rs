@@ -259,7 +259,7 @@ impl std::fmt::Display for BenchReport {
             writeln!(
                 f,
                 "{:<28} {:>12.1} {:>12} {:>8.2}  (vs {:.1} ms without preload)",
-                "SAG step, 8x import sympy",
+                format!("SAG step, {SAG_CANDIDATES}x import sympy"),
                 s.preloaded_ms,
                 "",
                 s.preloaded_ms / s.cold_ms,
