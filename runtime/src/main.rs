@@ -3,10 +3,18 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let mut command = cli::Cli::command();
+    // `--version` also says which CPU code runs here; worked out only when asked for.
+    if std::env::args_os().any(|a| a == "--version") {
+        command = command.long_version(&*cli::long_version().leak());
+    }
+    let args = match cli::Cli::from_arg_matches(&command.get_matches()) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
     cli::init_logging();
     match cli::run(args) {
         Ok(code) => code,

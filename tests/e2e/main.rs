@@ -5,6 +5,7 @@ mod cli;
 mod engine;
 mod eval;
 mod ffi;
+mod portable;
 
 use std::path::PathBuf;
 

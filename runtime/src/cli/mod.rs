@@ -54,6 +54,23 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
 }
 
+/// `--version`: the version, the build (native or portable) and the ggml CPU code in use.
+pub fn long_version() -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    match engine::cpu::report() {
+        Ok(r) => format!(
+            "{version}\nbuild: {} (ggml CPU variant: {})\nggml features: {}\nCPU features: {}\n\
+             own output product (AVX-512 VNNI): {}",
+            r.build,
+            r.variant,
+            r.ggml_features.join(" "),
+            r.cpu_features.join(" "),
+            if r.own_output_head { "yes" } else { "no" },
+        ),
+        Err(e) => format!("{version}\nbuild: {}\nCPU: {e}", engine::cpu::BUILD),
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {

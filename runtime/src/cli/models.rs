@@ -102,10 +102,28 @@ pub fn run(cmd: ModelsCommand) -> Result<ExitCode> {
                     }
                 })
                 .collect();
+            // The CPU code this build runs here (an error, e.g. a native build on a lesser
+            // CPU, is reported rather than failing the listing).
+            let cpu = small_agent::engine::cpu::report().map_err(|e| e.to_string());
             if json {
-                let out = serde_json::json!({ "home": store.home(), "assets": rows });
+                let cpu = match &cpu {
+                    Ok(r) => serde_json::to_value(r)?,
+                    Err(e) => {
+                        serde_json::json!({ "build": small_agent::engine::cpu::BUILD, "error": e })
+                    }
+                };
+                let out = serde_json::json!({ "home": store.home(), "assets": rows, "cpu": cpu });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
+                match &cpu {
+                    Ok(r) => println!(
+                        "cpu: {} build, ggml CPU variant {} ({})",
+                        r.build,
+                        r.variant,
+                        r.ggml_features.join(" ")
+                    ),
+                    Err(e) => println!("cpu: {e}"),
+                }
                 println!("cache: {}", store.home().display());
                 for r in &rows {
                     let state = if r.installed {

@@ -6,6 +6,7 @@
 //! suffix. The context is created with room for several sequences, so candidates that share
 //! the prompt can later be decoded side by side ([`Session::fork_sequence`]).
 
+pub mod cpu;
 pub mod head;
 mod nucleus;
 pub mod split;
@@ -111,6 +112,10 @@ pub enum EngineError {
     /// A parameter is out of range.
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
+    /// This CPU cannot run this build's ggml code, or the portable build's CPU variants are
+    /// missing (the message says which and what to do).
+    #[error("{0}")]
+    Cpu(String),
     /// Anything else llama.cpp reported.
     #[error("llama.cpp: {0}")]
     Llama(String),
@@ -123,14 +128,16 @@ fn llama_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Llama(e.to_string())
 }
 
-/// llama.cpp's backend is process-wide and may be initialised once.
+/// llama.cpp's backend is process-wide and may be initialised once. Before it, and before
+/// any other ggml code, [`cpu::init`] refuses a CPU this build cannot run on, or loads the CPU
+/// variant that fits it (portable build).
 fn backend() -> Result<&'static LlamaBackend> {
+    static LOGS: std::sync::Once = std::sync::Once::new();
+    LOGS.call_once(|| llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default()));
+    cpu::init()?;
     static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
-        .get_or_init(|| {
-            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-            LlamaBackend::init().map_err(|e| e.to_string())
-        })
+        .get_or_init(|| LlamaBackend::init().map_err(|e| e.to_string()))
         .as_ref()
         .map_err(|e| EngineError::Llama(e.clone()))
 }

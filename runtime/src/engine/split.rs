@@ -72,11 +72,10 @@ pub fn pays_here(gpu_offload: bool) -> bool {
     if gpu_offload {
         return false;
     }
-    // SAFETY: feature queries of the CPU back-end; no arguments, no state.
-    unsafe {
-        sys::ggml_cpu_has_avx2() != 0
-            || (sys::ggml_cpu_has_neon() != 0 && sys::ggml_cpu_has_dotprod() != 0)
-    }
+    // What the running ggml CPU code was compiled with (in the portable build: the variant
+    // loaded for this CPU).
+    super::cpu::backend()
+        .is_some_and(|cpu| cpu.has("AVX2") || (cpu.has("NEON") && cpu.has("DOTPROD")))
 }
 
 /// The default cache of derived files: `$SMALL_AGENT_HOME/cache/split`.

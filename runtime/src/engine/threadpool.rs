@@ -16,6 +16,7 @@ use llama_cpp_sys_2 as sys;
 /// attached to: [`super::Session`] declares it after the context so it drops later.
 pub(crate) struct CpuThreadPool {
     raw: *mut sys::ggml_threadpool,
+    cpu: &'static super::cpu::CpuBackend,
 }
 
 // SAFETY: the pool is only handed to llama.cpp and freed; ggml synchronises its workers.
@@ -31,10 +32,13 @@ impl CpuThreadPool {
             );
             return None;
         };
-        // SAFETY: ggml_threadpool_params_default only fills a struct.
+        let Some(cpu) = super::cpu::backend() else {
+            tracing::warn!("no CPU back-end; decoding without a persistent thread pool");
+            return None;
+        };
+        // SAFETY: ggml_threadpool_params_default (ggml-base) only fills a struct.
         let mut tpp = unsafe { sys::ggml_threadpool_params_default(n_threads) };
-        // SAFETY: tpp is a valid, initialised params struct.
-        let raw = unsafe { sys::ggml_threadpool_new(&mut tpp) };
+        let raw = cpu.threadpool_new(&mut tpp);
         if raw.is_null() {
             tracing::warn!("ggml_threadpool_new failed; decoding without a persistent thread pool");
             return None;
@@ -42,21 +46,21 @@ impl CpuThreadPool {
         // SAFETY: raw_ctx was checked to be this live context; raw is a live pool.
         unsafe { sys::llama_attach_threadpool(raw_ctx, raw, raw) };
         tracing::debug!(n_threads, "persistent ggml thread pool attached");
-        Some(Self { raw })
+        Some(Self { raw, cpu })
     }
 
     /// Sends the workers to sleep now instead of letting them poll for the next graph (they
     /// poll for a long while by default, holding a core). The next graph wakes them.
     pub(crate) fn pause(&self) {
         // SAFETY: a live pool; pausing only sets a flag under the pool's mutex.
-        unsafe { sys::ggml_threadpool_pause(self.raw) };
+        unsafe { self.cpu.threadpool_pause(self.raw) };
     }
 }
 
 impl Drop for CpuThreadPool {
     fn drop(&mut self) {
         // SAFETY: the context that used the pool has been dropped before (field order).
-        unsafe { sys::ggml_threadpool_free(self.raw) };
+        unsafe { self.cpu.threadpool_free(self.raw) };
     }
 }
 
