@@ -25,8 +25,7 @@ version=$(basename "$(dirname "$src")")
 # -march=native, as before) is not reused.
 # shellcheck source=scripts/cpu-flags.sh
 source scripts/cpu-flags.sh
-cpu_opts=(-DGGML_NATIVE=OFF)
-while IFS='=' read -r k v; do cpu_opts+=("-D$k=$v"); done < <(env | grep -E '^GGML_(SSE42|AVX|F16C|FMA|BMI2|AMX)' | sort)
+read -r -a cpu_opts <<<"$SMALL_AGENT_CMAKE_CPU_OPTS"
 base_flags=""
 [ "$(uname -m)" = x86_64 ] && base_flags="-march=x86-64-v2"
 cpu_key=$(printf '%s ' "${cpu_opts[@]}" "$base_flags" | sha256sum | cut -c1-12)

@@ -41,3 +41,5 @@ small_agent_cpu_flags() {
 }
 small_agent_cpu_flags
 unset -f small_agent_cpu_flags
+# The same choice as CMake options, for llama.cpp builds outside cargo (llama-bench, the peer).
+SMALL_AGENT_CMAKE_CPU_OPTS="-DGGML_NATIVE=OFF $(env | grep -E '^GGML_(SSE42|AVX|F16C|FMA|BMI2|AMX)' | sort | sed 's/^/-D/' | tr '\n' ' ')"

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
+    cli::init_logging();
     let mut command = cli::Cli::command();
     // `--version` also says which CPU code runs here; worked out only when asked for.
     if std::env::args_os().any(|a| a == "--version") {
@@ -15,7 +16,6 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => e.exit(),
     };
-    cli::init_logging();
     match cli::run(args) {
         Ok(code) => code,
         Err(err) => {

@@ -76,12 +76,15 @@ pub struct CpuReport {
     pub own_output_head: bool,
 }
 
+type ThreadpoolNew =
+    unsafe extern "C" fn(*mut sys::ggml_threadpool_params) -> *mut sys::ggml_threadpool;
+type ThreadpoolFree = unsafe extern "C" fn(*mut sys::ggml_threadpool);
+
 /// The CPU back-end's functions, resolved once.
 pub(crate) struct CpuBackend {
-    threadpool_new:
-        unsafe extern "C" fn(*mut sys::ggml_threadpool_params) -> *mut sys::ggml_threadpool,
-    threadpool_free: unsafe extern "C" fn(*mut sys::ggml_threadpool),
-    threadpool_pause: Option<unsafe extern "C" fn(*mut sys::ggml_threadpool)>,
+    threadpool_new: ThreadpoolNew,
+    threadpool_free: ThreadpoolFree,
+    threadpool_pause: Option<ThreadpoolFree>,
     report: CpuReport,
 }
 
@@ -125,6 +128,7 @@ static BACKEND: OnceLock<Result<CpuBackend, String>> = OnceLock::new();
 /// Called once, before llama.cpp's back-end is initialised; later calls return the first
 /// result.
 pub(crate) fn init() -> Result<&'static CpuBackend, EngineError> {
+    super::route_llama_logs();
     BACKEND
         .get_or_init(|| load().map_err(|e| e.to_string()))
         .as_ref()
@@ -219,6 +223,7 @@ pub fn missing_for_native(compiled: &[&str], have: &[&str]) -> Vec<&'static str>
     missing
 }
 
+#[cfg(not(feature = "portable"))]
 fn compiled_options() -> Vec<&'static str> {
     COMPILED_GGML_OPTIONS
         .split(',')
@@ -401,10 +406,14 @@ fn load() -> Result<CpuBackend, String> {
         let features = reg_features(reg);
         tracing::info!(%variant, library = %path.display(), "ggml CPU variant loaded");
         Ok(CpuBackend {
-            threadpool_new: std::mem::transmute::<*mut std::ffi::c_void, _>(threadpool_new),
-            threadpool_free: std::mem::transmute::<*mut std::ffi::c_void, _>(threadpool_free),
+            threadpool_new: std::mem::transmute::<*mut std::ffi::c_void, ThreadpoolNew>(
+                threadpool_new,
+            ),
+            threadpool_free: std::mem::transmute::<*mut std::ffi::c_void, ThreadpoolFree>(
+                threadpool_free,
+            ),
             threadpool_pause: (!pause.is_null())
-                .then(|| std::mem::transmute::<*mut std::ffi::c_void, _>(pause)),
+                .then(|| std::mem::transmute::<*mut std::ffi::c_void, ThreadpoolFree>(pause)),
             report: CpuReport {
                 build: BUILD,
                 variant,

@@ -132,14 +132,19 @@ fn llama_err(e: impl std::fmt::Display) -> EngineError {
 /// any other ggml code, [`cpu::init`] refuses a CPU this build cannot run on, or loads the CPU
 /// variant that fits it (portable build).
 fn backend() -> Result<&'static LlamaBackend> {
-    static LOGS: std::sync::Once = std::sync::Once::new();
-    LOGS.call_once(|| llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default()));
     cpu::init()?;
     static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| LlamaBackend::init().map_err(|e| e.to_string()))
         .as_ref()
         .map_err(|e| EngineError::Llama(e.clone()))
+}
+
+/// Sends llama.cpp's and ggml's log lines to `tracing` (once per process), before either
+/// logs anything.
+fn route_llama_logs() {
+    static LOGS: std::sync::Once = std::sync::Once::new();
+    LOGS.call_once(|| llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default()));
 }
 
 /// One chat message.
