@@ -2,37 +2,23 @@
 //! and, in the portable build, lets the binary and library find the shared llama.cpp/ggml
 //! libraries in their own directory.
 
-/// The ggml options `scripts/cpu-flags.sh` may set (the x86 instruction-set ones).
-const GGML_CPU_OPTIONS: &[&str] = &[
-    "SSE42",
-    "AVX",
-    "F16C",
-    "FMA",
-    "BMI2",
-    "AVX2",
-    "AVX_VNNI",
-    "AVX512",
-    "AVX512_VBMI",
-    "AVX512_VNNI",
-    "AVX512_BF16",
-    "AMX_TILE",
-    "AMX_INT8",
-    "AMX_BF16",
-];
+include!("src/engine/cpu_options.rs");
 
 fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/engine/cpu_options.rs");
     let portable = std::env::var_os("CARGO_FEATURE_PORTABLE").is_some();
     let mut on = Vec::new();
-    for option in GGML_CPU_OPTIONS {
+    let options = GGML_CPU_OPTIONS.iter().map(|(o, _)| *o);
+    for option in options.chain(GGML_REFUSED_OPTIONS.iter().copied()) {
         let var = format!("GGML_{option}");
         println!("cargo:rerun-if-env-changed={var}");
         let value = std::env::var(&var).unwrap_or_default().to_ascii_uppercase();
         if !portable && matches!(value.as_str(), "ON" | "1" | "TRUE" | "YES") {
-            if option.starts_with("AMX") {
-                // The AMX path crashes (llama.cpp #20824); refuse to build it in.
+            if GGML_REFUSED_OPTIONS.contains(&option) {
                 panic!("{var}={value}: ggml's AMX path is not supported by small-agent; unset it");
             }
-            on.push(*option);
+            on.push(option);
         }
     }
     println!(

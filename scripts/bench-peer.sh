@@ -28,7 +28,11 @@ stamp="$venv/.small-agent-pins"
 setup_only=0
 if [ "${1:-}" = "--setup-only" ]; then setup_only=1; shift; fi
 
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$LLAMA_PIN ${PINS[*]} cpu-flags" ]; then
+# The same ggml CPU options as our build (never -march=native: AMX, llama.cpp #20824); they are
+# part of the stamp, so a venv built for another CPU is rebuilt.
+# shellcheck source=scripts/cpu-flags.sh
+source scripts/cpu-flags.sh
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$LLAMA_PIN ${PINS[*]} $SMALL_AGENT_CMAKE_CPU_OPTS" ]; then
   echo "bench-peer.sh: setting up $venv ($LLAMA_PIN ${PINS[*]})" >&2
   rm -rf "$venv"
   python3 -m venv "$venv"
@@ -39,14 +43,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$LLAMA_PIN ${PINS[*]} cpu-flags"
     -d "$dl" "$LLAMA_PIN"
   echo "$LLAMA_SDIST_SHA256  $(ls "$dl"/*.tar.gz)" | sha256sum -c --quiet - || {
     echo "bench-peer.sh: llama-cpp-python sdist does not match its pinned sha256" >&2; exit 2; }
-  # The same ggml CPU options as our build (never -march=native: AMX, llama.cpp #20824).
-  # shellcheck source=scripts/cpu-flags.sh
-  source scripts/cpu-flags.sh
   CMAKE_ARGS="$SMALL_AGENT_CMAKE_CPU_OPTS -DGGML_OPENMP=OFF -DCMAKE_BUILD_TYPE=Release" \
   CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" FORCE_CMAKE=1 \
     nice -n 10 "$venv/bin/python" -m pip install --disable-pip-version-check --no-cache-dir \
     "$(ls "$dl"/*.tar.gz)" "${PINS[@]}"
-  echo "$LLAMA_PIN ${PINS[*]} cpu-flags" > "$stamp"
+  echo "$LLAMA_PIN ${PINS[*]} $SMALL_AGENT_CMAKE_CPU_OPTS" > "$stamp"
 fi
 [ "$setup_only" = 1 ] && exit 0
 exec "$venv/bin/python" scripts/bench_peer.py "$@"

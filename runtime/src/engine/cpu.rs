@@ -185,22 +185,14 @@ fn detected_cpu_features() -> Vec<&'static str> {
     Vec::new()
 }
 
+include!("cpu_options.rs");
+
 /// The CPU extensions a ggml build option needs (std's names), x86-64 only.
 fn needs_of_option(option: &str) -> &'static [&'static str] {
-    match option {
-        "SSE42" => &["sse4.2"],
-        "AVX" => &["avx"],
-        "F16C" => &["f16c"],
-        "FMA" => &["fma"],
-        "BMI2" => &["bmi2"],
-        "AVX2" => &["avx2"],
-        "AVX_VNNI" => &["avxvnni"],
-        "AVX512" => &["avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"],
-        "AVX512_VBMI" => &["avx512vbmi"],
-        "AVX512_VNNI" => &["avx512vnni"],
-        "AVX512_BF16" => &["avx512bf16"],
-        _ => &[],
-    }
+    GGML_CPU_OPTIONS
+        .iter()
+        .find(|(o, _)| *o == option)
+        .map_or(&[], |(_, needs)| needs)
 }
 
 /// What a native build needs that this CPU lacks: the x86-64-v2 baseline every x86-64 build is
@@ -268,10 +260,10 @@ unsafe fn reg_features(reg: sys::ggml_backend_reg_t) -> Vec<String> {
 }
 
 /// Looks up a function the CPU back-end exports through its registration.
-#[cfg(feature = "portable")]
 ///
 /// # Safety
 /// `reg` is live; the caller transmutes the result to the function's true type.
+#[cfg(feature = "portable")]
 unsafe fn proc_address(
     reg: sys::ggml_backend_reg_t,
     name: &std::ffi::CStr,
