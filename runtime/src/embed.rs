@@ -221,8 +221,9 @@ pub struct AgentSession {
     _runtime: Arc<Loaded>,
 }
 
-// SAFETY: llama.cpp contexts and batches have no thread affinity: they may move between
-// threads as long as one thread uses them at a time, which `&mut self` on every use
+// SAFETY: the agent's chat model here is always a `LocalChat` (built by `Agent::new` in
+// `Runtime::session`). llama.cpp contexts and batches have no thread affinity: they may move
+// between threads as long as one thread uses them at a time, which `&mut self` on every use
 // guarantees. The model they point into is `Sync` and outlives them (see `Runtime::session`).
 unsafe impl Send for AgentSession {}
 

@@ -249,6 +249,8 @@ fn status_of_runtime_error(e: &RuntimeError) -> sa_status {
         }
         RuntimeError::Index(_) => sa_status::SA_INDEX_ERROR,
         RuntimeError::Agent(AgentError::Sandbox(_)) => sa_status::SA_SANDBOX_ERROR,
+        // The C ABI runs the local engine only; a remote failure is a model failure.
+        RuntimeError::Agent(AgentError::Remote(_)) => sa_status::SA_MODEL_ERROR,
         RuntimeError::Agent(AgentError::Cancelled) | RuntimeError::Cancelled => {
             sa_status::SA_CANCELLED
         }
@@ -623,7 +625,7 @@ unsafe fn finish_run(
         let status = match failure {
             RunFailure::Cancelled => sa_status::SA_CANCELLED,
             RunFailure::ContextOverflow => sa_status::SA_CONTEXT_OVERFLOW,
-            RunFailure::Engine => sa_status::SA_MODEL_ERROR,
+            RunFailure::Engine | RunFailure::Remote => sa_status::SA_MODEL_ERROR,
             RunFailure::Sandbox => sa_status::SA_SANDBOX_ERROR,
         };
         let why = run.error.as_deref().unwrap_or("the run failed");

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod assets;
 pub mod bench;
+pub mod chat;
 pub mod embed;
 pub mod engine;
 pub mod evaluate;

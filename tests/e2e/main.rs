@@ -5,7 +5,9 @@ mod cli;
 mod engine;
 mod eval;
 mod ffi;
+mod llama_server;
 mod portable;
+mod remote;
 
 use std::path::PathBuf;
 

@@ -18,8 +18,9 @@ use small_agent_sandbox::{
     ToolParam, Toolbox,
 };
 
+use crate::chat::{ChatError, ChatModel, LocalChat, RemoteError};
 use crate::engine::{
-    AfterEnd, CallStats, ChatMessage, EngineError, GenerateParams, Model, SamplingParams, Session,
+    AfterEnd, CallStats, ChatMessage, EngineError, GenerateParams, Model, SamplingParams,
     SessionParams,
 };
 pub use prompt::{PromptError, PromptTemplate};
@@ -48,9 +49,21 @@ pub enum AgentError {
     /// The sandbox could not open or fork a session.
     #[error("python sandbox: {0}")]
     Sandbox(#[from] small_agent_sandbox::SandboxError),
+    /// The remote model server failed (unreachable, HTTP error, unusable answer).
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     /// The run was cancelled by the caller.
     #[error("cancelled")]
     Cancelled,
+}
+
+impl From<ChatError> for AgentError {
+    fn from(e: ChatError) -> Self {
+        match e {
+            ChatError::Engine(e) => Self::Engine(e),
+            ChatError::Remote(e) => Self::Remote(e),
+        }
+    }
 }
 
 /// KV cells reserved per extra SAG candidate, as a fraction of a step's token cap.
@@ -228,6 +241,8 @@ pub enum RunFailure {
     Engine,
     /// The sandbox could not fork or open a session.
     Sandbox,
+    /// The remote model server failed.
+    Remote,
 }
 
 impl RunFailure {
@@ -237,6 +252,7 @@ impl RunFailure {
             AgentError::Engine(EngineError::ContextOverflow { .. }) => RunFailure::ContextOverflow,
             AgentError::Engine(_) => RunFailure::Engine,
             AgentError::Sandbox(_) => RunFailure::Sandbox,
+            AgentError::Remote(_) => RunFailure::Remote,
         }
     }
 }
@@ -279,6 +295,33 @@ pub fn agent_toolbox(search: Option<SearchFn>) -> Result<Toolbox, AgentError> {
     Ok(tools)
 }
 
+/// The first two turns of every run: the system prompt (with the tools and the step budget
+/// filled in) and the task. Training data is rendered with this too (`small-agent-distill
+/// dataset`), so that the student learns on the turns it will see.
+pub fn opening_messages(
+    template: &PromptTemplate,
+    tools: &Toolbox,
+    max_steps: usize,
+    question: &str,
+) -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::new(
+            "system",
+            prompt::fill(
+                &template.system,
+                &[
+                    ("tools", &tool_lines(tools)),
+                    ("max_steps", &max_steps.to_string()),
+                ],
+            ),
+        ),
+        ChatMessage::new(
+            "user",
+            prompt::fill(&template.task, &[("question", question)]),
+        ),
+    ]
+}
+
 fn tool_lines(tools: &Toolbox) -> String {
     let mut s = String::new();
     for t in tools.iter() {
@@ -288,9 +331,9 @@ fn tool_lines(tools: &Toolbox) -> String {
     s
 }
 
-/// The agent: a model session, a Python back-end, tools and a configuration.
+/// The agent: a chat model, a Python back-end, tools and a configuration.
 pub struct Agent<'m> {
-    session: Session<'m>,
+    chat: Box<dyn ChatModel + 'm>,
     python: Arc<dyn PythonBackend>,
     tools: Toolbox,
     config: AgentConfig,
@@ -324,12 +367,33 @@ impl<'m> Agent<'m> {
             n_seq_max: config.sag.max(1) as u32,
             ..session.clone()
         };
-        Ok(Self {
-            session: model.session(&params)?,
+        Ok(Self::with_model(
+            Box::new(LocalChat::new(model.session(&params)?)),
             python,
             tools,
             config,
-        })
+        ))
+    }
+
+    /// An agent on any chat model back-end (e.g. [`crate::chat::RemoteChat`]): the same
+    /// loop, parser, sandbox and tools as on the local engine.
+    pub fn with_model(
+        chat: Box<dyn ChatModel + 'm>,
+        python: Arc<dyn PythonBackend>,
+        tools: Toolbox,
+        config: AgentConfig,
+    ) -> Self {
+        Self {
+            chat,
+            python,
+            tools,
+            config,
+        }
+    }
+
+    /// What the agent's model is (a file, or `NAME@URL` for a server).
+    pub fn model_description(&self) -> String {
+        self.chat.describe()
     }
 
     /// Answers a question. Each question gets a fresh Python session; the model's KV cache
@@ -348,22 +412,13 @@ impl<'m> Agent<'m> {
             limits: self.config.limits.clone(),
             tools: self.tools.clone(),
         })?;
-        let tpl = &self.config.template;
-        let max_steps = self.config.max_steps.to_string();
         let mut state = RunState {
-            messages: vec![
-                ChatMessage::new(
-                    "system",
-                    prompt::fill(
-                        &tpl.system,
-                        &[
-                            ("tools", &tool_lines(&self.tools)),
-                            ("max_steps", &max_steps),
-                        ],
-                    ),
-                ),
-                ChatMessage::new("user", prompt::fill(&tpl.task, &[("question", question)])),
-            ],
+            messages: opening_messages(
+                &self.config.template,
+                &self.tools,
+                self.config.max_steps,
+                question,
+            ),
             steps: Vec::new(),
             first_thought: None,
             answer: None,
@@ -404,7 +459,7 @@ impl<'m> Agent<'m> {
             stop: vec!["\n\n".to_owned()],
             ..Default::default()
         };
-        let c = self.session.chat(&messages, &params, &mut |_| true)?;
+        let c = self.chat.reply(&messages, &params, &mut |_| true)?;
         Ok(first_paragraph(&c.text))
     }
 
@@ -425,7 +480,6 @@ impl<'m> Agent<'m> {
                 state.first_thought = Some(para);
             }
         }
-        let model = self.session.model();
         let cancel = cfg.limits.cancel.clone();
         // What the grammar forces every reply to begin with goes into the prompt instead of
         // being decoded: it costs no positions, and its tokens are the tokenizer's own. Forced
@@ -452,20 +506,14 @@ impl<'m> Agent<'m> {
                 ignore_eog: false,
                 prefill: prefill.take().or_else(|| forced.clone()),
             };
-            let mut text = model.render_chat(&state.messages, true)?;
-            if let Some(p) = &gen.prefill {
-                // The model continues the partial assistant turn.
-                text.push_str(p);
-            }
-            let prompt = model.tokenize(&text, true);
             let mut cancelled = false;
             let prefix = gen.prefill.clone().unwrap_or_default();
             // Each candidate's code runs as soon as its reply ends, while the others are
             // still decoding; once the outcome is decided the rest are not decoded further.
             let mut runner = CandidateRunner::new(cfg.sag);
             let mut run_error = None;
-            let mut cands = self.session.complete_parallel_until(
-                &prompt,
+            let mut cands = self.chat.generate(
+                &state.messages,
                 cfg.sag,
                 &gen,
                 &mut |i, t| {
@@ -513,7 +561,7 @@ impl<'m> Agent<'m> {
                 record.gen_tokens = c.stats.gen_tokens;
             }
             let winner = step.winner;
-            self.session.keep_sequence(winner)?;
+            self.chat.keep(winner)?;
             let reply = &cands[winner].text;
             let chosen = step.result;
             let mut record = StepRecord {
@@ -573,13 +621,12 @@ impl<'m> Agent<'m> {
             "user",
             prompt::fill(&tpl.final_fallback, &[("question", question)]),
         ));
-        let prompt = model.tokenize(&model.render_chat(&state.messages, true)?, true);
         let fallback = GenerateParams {
             max_tokens: FALLBACK_TOKENS,
             sampling: SamplingParams::greedy(),
             ..Default::default()
         };
-        let c = self.session.complete_tokens(&prompt, &fallback, &mut |t| {
+        let c = self.chat.reply(&state.messages, &fallback, &mut |t| {
             !cancel.is_raised() && on_event(AgentEvent::Token(t))
         })?;
         if c.finish_reason == crate::engine::FinishReason::Cancelled {

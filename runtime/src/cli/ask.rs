@@ -9,7 +9,7 @@ use small_agent::agent::{
     SearchFn, StepRecord, DEFAULT_SAG,
 };
 
-use super::{read_text_arg, AgentArgs, ContextArgs, ModelArgs, SandboxArgs, ShardArgs};
+use super::{read_text_arg, AgentArgs, ContextArgs, ModelArgs, RemoteArgs, SandboxArgs, ShardArgs};
 
 /// Arguments of `ask`.
 #[derive(Debug, Args)]
@@ -33,6 +33,8 @@ pub struct AskArgs {
     pub json: bool,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[command(flatten)]
     pub context: ContextArgs,
     #[command(flatten)]
@@ -67,10 +69,17 @@ pub fn run(args: AskArgs) -> Result<ExitCode> {
     });
     let tools = agent_toolbox(Some(search))?;
     let python = super::python_backend(flavour)?;
-    let model = args.model.load()?;
-    let mut session = args.context.session_params();
-    session.n_ctx = config.context_size(session.n_ctx);
-    let mut agent = Agent::new(&model, &session, python, tools, config)?;
+    // The model lives as long as the agent that borrows it; a remote one is owned by the agent.
+    let local;
+    let mut agent = match args.remote.connect()? {
+        Some(remote) => Agent::with_model(Box::new(remote), python, tools, config),
+        None => {
+            local = args.model.load()?;
+            let mut session = args.context.session_params();
+            session.n_ctx = config.context_size(session.n_ctx);
+            Agent::new(&local, &session, python, tools, config)?
+        }
+    };
 
     let json = args.json;
     let color = std::io::IsTerminal::is_terminal(&std::io::stderr());

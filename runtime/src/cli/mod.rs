@@ -15,6 +15,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use small_agent::{
+    chat::{RemoteChat, RemoteConfig},
     engine::{self, default_threads, LoadOptions},
     EngineError, Model, SamplingParams, SessionParams,
 };
@@ -112,7 +113,8 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<small_agent::agent::AgentError>() {
             // The sandbox failing to open is the environment; the rest is the task.
             return match e {
-                small_agent::agent::AgentError::Sandbox(_) => EXIT_USAGE,
+                small_agent::agent::AgentError::Sandbox(_)
+                | small_agent::agent::AgentError::Remote(_) => EXIT_USAGE,
                 _ => EXIT_TASK_FAILED,
             };
         }
@@ -128,6 +130,9 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
                 .downcast_ref::<small_agent::bench::LlamaBenchError>()
                 .is_some()
             || cause.downcast_ref::<UsageError>().is_some()
+            || cause
+                .downcast_ref::<small_agent::chat::RemoteError>()
+                .is_some()
         {
             return EXIT_USAGE;
         }
@@ -150,6 +155,48 @@ pub struct ModelArgs {
     /// the same weights with faster batched kernels; see ARCHITECTURE.md)
     #[arg(long, env = "SMALL_AGENT_AS_IS", value_parser = clap::builder::BoolishValueParser::new())]
     pub as_is: bool,
+}
+
+/// A model behind an OpenAI-compatible server, instead of a local GGUF.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// Use the model of an OpenAI-compatible server (llama.cpp's llama-server, vLLM, Ollama) at
+    /// URL, e.g. http://127.0.0.1:8080, instead of a local GGUF
+    #[arg(long, value_name = "URL", conflicts_with = "model")]
+    pub model_url: Option<String>,
+    /// The model to ask the server for [default: the first one it lists]
+    #[arg(long, value_name = "NAME", requires = "model_url")]
+    pub model_name: Option<String>,
+    /// Environment variable that holds the server's API key (sent as a bearer token)
+    #[arg(long, value_name = "VAR", requires = "model_url")]
+    pub api_key_env: Option<String>,
+    /// Ask the server for each candidate with a request of its own, not as n choices of one
+    /// request (the fallback anyway when a server refuses n)
+    #[arg(long, requires = "model_url")]
+    pub request_per_candidate: bool,
+}
+
+impl RemoteArgs {
+    /// Connects to the server when `--model-url` is given.
+    pub fn connect(&self) -> Result<Option<RemoteChat>> {
+        let Some(url) = &self.model_url else {
+            return Ok(None);
+        };
+        let mut config = RemoteConfig::new(url.clone());
+        config.model = self.model_name.clone();
+        config.request_per_candidate = self.request_per_candidate;
+        if let Some(var) = &self.api_key_env {
+            let key = std::env::var(var).map_err(|_| {
+                UsageError(format!(
+                    "--api-key-env {var}: the environment variable {var} is not set"
+                ))
+            })?;
+            config.api_key = Some(key);
+        }
+        let chat = RemoteChat::connect(config)?;
+        tracing::info!(model = chat.model_name(), endpoint = %chat.endpoint(), "remote model");
+        Ok(Some(chat))
+    }
 }
 
 impl ModelArgs {

@@ -97,6 +97,11 @@ impl<'m> AgentAnswerer<'m> {
     pub fn new(agent: Agent<'m>) -> Self {
         Self { agent }
     }
+
+    /// The agent back (its model session and cache stay warm for the next question).
+    pub fn into_agent(self) -> Agent<'m> {
+        self.agent
+    }
 }
 
 impl Answerer for AgentAnswerer<'_> {
