@@ -4,6 +4,7 @@ mod dataset;
 mod filter;
 mod generate;
 mod import;
+mod parity;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,8 @@ enum Command {
     Filter(filter::FilterArgs),
     /// Build or inspect a tokenized training dataset with assistant-only loss masks
     Dataset(dataset::DatasetArgs),
+    /// Compare the burn student's logits with llama.cpp's on prompts
+    Parity(parity::ParityArgs),
 }
 
 /// Runs the parsed command.
@@ -44,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(a) => import::run(a),
         Command::Filter(a) => filter::run(a),
         Command::Dataset(a) => dataset::run(a),
+        Command::Parity(a) => parity::run(a),
     }
 }
 
@@ -76,6 +80,9 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
                 .downcast_ref::<small_agent::chat::RemoteError>()
                 .is_some()
             || cause.downcast_ref::<small_agent::EngineError>().is_some()
+            || cause
+                .downcast_ref::<small_agent_student::StudentError>()
+                .is_some()
             || cause
                 .downcast_ref::<small_agent_distill::generate::GenerateError>()
                 .is_some()

@@ -9,6 +9,7 @@
 mod capture;
 pub mod cpu;
 pub mod head;
+mod logits;
 mod model;
 mod nucleus;
 mod parallel;

@@ -1,0 +1,458 @@
+//! The llama-family decoder in burn: token embedding, `n_layers` pre-norm blocks (RMSNorm →
+//! grouped-query attention with RoPE → residual, RMSNorm → SwiGLU MLP → residual), a final
+//! RMSNorm and the output head (the embedding matrix itself when tied).
+//!
+//! Only the forward pass lives here; the weights come from [`crate::gguf`] (or any other
+//! source through the public fields), and a training loop can sit beside it: every
+//! projection is a [`Linear`], which may carry a [`LowRank`] adapter added as `s·(x·A)·B`
+//! beside the frozen `x·W` (the matrix `W + s·A·B` is never formed, so a backward pass
+//! through a frozen `W` needs only its product with the output gradient, not its own
+//! gradient).
+//!
+//! Shapes: activations are `[batch, seq, hidden]`; a batch holds sequences of one length,
+//! each attending causally to itself from position 0.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::silu;
+use burn::tensor::module::{attention, embedding, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::config::{RopeStyle, StudentConfig};
+use crate::error::{Result, StudentError};
+
+/// A low-rank adapter of one [`Linear`]: adds `scale · (x·A)·B`, `A: [d_input, rank]`,
+/// `B: [rank, d_output]`.
+#[derive(Module, Debug)]
+pub struct LowRank {
+    /// Down projection `A`, `[d_input, rank]`.
+    pub a: Param<Tensor<2>>,
+    /// Up projection `B`, `[rank, d_output]`.
+    pub b: Param<Tensor<2>>,
+    /// The factor in front of the product (`alpha / rank` in LoRA's terms).
+    #[module(skip)]
+    pub scale: f32,
+}
+
+impl LowRank {
+    /// An adapter from its two factors.
+    pub fn new(a: Tensor<2>, b: Tensor<2>, scale: f32) -> Self {
+        Self {
+            a: Param::from_tensor(a),
+            b: Param::from_tensor(b),
+            scale,
+        }
+    }
+
+    /// `scale · (x·A)·B`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let down = linear(x, self.a.val(), None);
+        linear(down, self.b.val(), None).mul_scalar(self.scale)
+    }
+}
+
+/// A projection `x·W (+ b)` with `W: [d_input, d_output]` (burn's orientation: the
+/// transpose of GGUF's and PyTorch's `[out, in]` rows), and an optional [`LowRank`] adapter.
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// `W`, `[d_input, d_output]`.
+    pub weight: Param<Tensor<2>>,
+    /// `b`, `[d_output]`.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// Added to the output when present.
+    pub adapter: Option<LowRank>,
+}
+
+impl Linear {
+    /// A projection without adapter.
+    pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        Self {
+            weight: Param::from_tensor(weight),
+            bias: bias.map(Param::from_tensor),
+            adapter: None,
+        }
+    }
+
+    /// Input width.
+    pub fn d_input(&self) -> usize {
+        self.weight.shape().dims::<2>()[0]
+    }
+
+    /// Output width.
+    pub fn d_output(&self) -> usize {
+        self.weight.shape().dims::<2>()[1]
+    }
+
+    /// `x·W + b (+ adapter(x))` over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let bias = self.bias.as_ref().map(Param::val);
+        match &self.adapter {
+            None => linear(x, self.weight.val(), bias),
+            Some(adapter) => linear(x.clone(), self.weight.val(), bias) + adapter.forward(x),
+        }
+    }
+}
+
+/// `x / sqrt(mean(x²) + eps) · w` over the last dimension.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// `w`, `[hidden]`.
+    pub weight: Param<Tensor<1>>,
+    /// `eps`.
+    #[module(skip)]
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    /// A norm with the given scale.
+    pub fn new(weight: Tensor<1>, eps: f32) -> Self {
+        Self {
+            weight: Param::from_tensor(weight),
+            eps,
+        }
+    }
+
+    /// Normalises `[batch, seq, hidden]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let inv = x
+            .clone()
+            .square()
+            .mean_dim(2)
+            .add_scalar(self.eps)
+            .sqrt()
+            .recip();
+        x * inv * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+/// Grouped-query self-attention with RoPE on q and k.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// Queries: `[hidden, n_heads·head_dim]`.
+    pub q: Linear,
+    /// Keys: `[hidden, n_kv_heads·head_dim]`.
+    pub k: Linear,
+    /// Values: `[hidden, n_kv_heads·head_dim]`.
+    pub v: Linear,
+    /// Output: `[n_heads·head_dim, hidden]`.
+    pub o: Linear,
+    /// Query heads.
+    #[module(skip)]
+    pub n_heads: usize,
+    /// Key/value heads; query head `h` reads key/value head `h / (n_heads / n_kv_heads)`.
+    #[module(skip)]
+    pub n_kv_heads: usize,
+    /// Width of one head.
+    #[module(skip)]
+    pub head_dim: usize,
+}
+
+impl Attention {
+    fn forward(&self, x: Tensor<3>, rope: &Rope) -> Tensor<3> {
+        let [batch, seq, _] = x.dims();
+        let heads =
+            |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        let q = rope.apply(heads(self.q.forward(x.clone()), self.n_heads));
+        let k = rope.apply(heads(self.k.forward(x.clone()), self.n_kv_heads));
+        let v = heads(self.v.forward(x), self.n_kv_heads);
+        // Each key/value head serves `group` consecutive query heads. Expanded here rather
+        // than left to the kernel: burn's differentiable fallback of `attention` (used under
+        // autodiff) needs equal head counts.
+        let group = self.n_heads / self.n_kv_heads;
+        let (k, v) = if group == 1 {
+            (k, v)
+        } else {
+            let widen = |t: Tensor<4>| {
+                t.unsqueeze_dim::<5>(2)
+                    .expand([batch, self.n_kv_heads, group, seq, self.head_dim])
+                    .reshape([batch, self.n_heads, seq, self.head_dim])
+            };
+            (widen(k), widen(v))
+        };
+        let options = AttentionModuleOptions {
+            scale: Some(1.0 / (self.head_dim as f64).sqrt()),
+            softcap: None,
+            is_causal: true,
+        };
+        let out = attention(q, k, v, None, None, options);
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.n_heads * self.head_dim]);
+        self.o.forward(out)
+    }
+}
+
+/// The SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// `[hidden, ffn]`.
+    pub gate: Linear,
+    /// `[hidden, ffn]`.
+    pub up: Linear,
+    /// `[ffn, hidden]`.
+    pub down: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gated = silu(self.gate.forward(x.clone())) * self.up.forward(x);
+        self.down.forward(gated)
+    }
+}
+
+/// One pre-norm decoder block.
+#[derive(Module, Debug)]
+pub struct Block {
+    /// Norm before attention (`attn_norm`).
+    pub attn_norm: RmsNorm,
+    /// Self-attention.
+    pub attn: Attention,
+    /// Norm before the MLP (`ffn_norm`).
+    pub ffn_norm: RmsNorm,
+    /// The MLP.
+    pub mlp: Mlp,
+}
+
+impl Block {
+    fn forward(&self, x: Tensor<3>, rope: &Rope) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.attn_norm.forward(x), rope);
+        x.clone() + self.mlp.forward(self.ffn_norm.forward(x))
+    }
+}
+
+/// The whole decoder.
+#[derive(Module, Debug)]
+pub struct Student {
+    /// Token embedding, `[vocab, hidden]` (one row per token).
+    pub embed: Param<Tensor<2>>,
+    /// The decoder blocks, in order.
+    pub blocks: Vec<Block>,
+    /// Final norm (`output_norm`).
+    pub norm: RmsNorm,
+    /// Untied output head `[hidden, vocab]`; `None`: the logits are `h·embedᵀ`.
+    pub output: Option<Linear>,
+    /// The shape and constants.
+    #[module(skip)]
+    pub config: StudentConfig,
+}
+
+impl Student {
+    /// The device the weights are on.
+    pub fn device(&self) -> Device {
+        self.embed.val().device()
+    }
+
+    /// Final hidden states (after the last norm), `[batch, seq, hidden]`, of a batch of token
+    /// sequences `[batch, seq]` of one length.
+    pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [_, seq] = tokens.dims();
+        let rope = Rope::new(&self.config, seq, &tokens.device());
+        let mut x = embedding(self.embed.val(), tokens);
+        for block in &self.blocks {
+            x = block.forward(x, &rope);
+        }
+        self.norm.forward(x)
+    }
+
+    /// Logits `[batch, seq, vocab]` of hidden states from [`Student::hidden`] (a training
+    /// loop may pass only the positions its loss needs).
+    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, width] = hidden.dims();
+        let rows = hidden.reshape([batch * seq, width]);
+        let logits = match &self.output {
+            Some(output) => output.forward(rows),
+            None => rows.matmul(self.embed.val().transpose()),
+        };
+        logits.reshape([batch, seq, self.config.vocab_size])
+    }
+
+    /// Logits `[batch, seq, vocab]` after every position of `tokens` `[batch, seq]`.
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.head(self.hidden(tokens))
+    }
+
+    /// The logits after each token of one sequence, one row of `vocab_size` per position.
+    pub fn logits(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        if tokens.is_empty() {
+            return Err(StudentError::InvalidInput("no tokens".into()));
+        }
+        let out = self.forward(self.token_tensor(&[tokens])?);
+        let flat = tensor_to_vec(out)?;
+        Ok(flat
+            .chunks(self.config.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// A `[batch, seq]` token tensor on the model's device; every sequence must have the same
+    /// length and every token must be in the vocabulary.
+    pub fn token_tensor(&self, batch: &[&[u32]]) -> Result<Tensor<2, Int>> {
+        let seq = batch.first().map_or(0, |s| s.len());
+        if seq == 0 || batch.iter().any(|s| s.len() != seq) {
+            return Err(StudentError::InvalidInput(
+                "a batch needs sequences of one, non-zero length".into(),
+            ));
+        }
+        let mut ids = Vec::with_capacity(batch.len() * seq);
+        for &t in batch.iter().flat_map(|s| s.iter()) {
+            if t as usize >= self.config.vocab_size {
+                return Err(StudentError::InvalidInput(format!(
+                    "token {t} is outside the vocabulary of {}",
+                    self.config.vocab_size
+                )));
+            }
+            ids.push(i64::from(t));
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(ids, [batch.len(), seq]),
+            &self.device(),
+        ))
+    }
+}
+
+/// Reads a float tensor back as `f32`s, in row-major order.
+pub fn tensor_to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| StudentError::InvalidInput(format!("reading a tensor back: {e:?}")))
+}
+
+/// The cosines and sines of one forward pass's positions, `[1, 1, seq, head_dim / 2]`.
+struct Rope {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    style: RopeStyle,
+}
+
+impl Rope {
+    /// Angles `pos · theta^(-2i / head_dim)` for `pos < seq`, computed in f64 and rounded
+    /// once (llama.cpp accumulates them in f32; the two agree to ~1e-6 relative).
+    fn new(config: &StudentConfig, seq: usize, device: &Device) -> Self {
+        let half = config.head_dim / 2;
+        let theta = f64::from(config.rope_theta);
+        let mut cos = Vec::with_capacity(seq * half);
+        let mut sin = Vec::with_capacity(seq * half);
+        for pos in 0..seq {
+            for i in 0..half {
+                let angle = pos as f64 * theta.powf(-2.0 * i as f64 / config.head_dim as f64);
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let table = |v: Vec<f32>| {
+            Tensor::<2>::from_data(TensorData::new(v, [seq, half]), device).unsqueeze::<4>()
+        };
+        Self {
+            cos: table(cos),
+            sin: table(sin),
+            style: config.rope,
+        }
+    }
+
+    /// Rotates `[batch, heads, seq, head_dim]`.
+    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let [batch, heads, seq, dim] = x.dims();
+        let half = dim / 2;
+        match self.style {
+            RopeStyle::Halves => {
+                let first = x.clone().narrow(3, 0, half);
+                let second = x.narrow(3, half, half);
+                let a = first.clone() * self.cos.clone() - second.clone() * self.sin.clone();
+                let b = second * self.cos.clone() + first * self.sin.clone();
+                Tensor::cat(vec![a, b], 3)
+            }
+            RopeStyle::Interleaved => {
+                let pairs = x.reshape([batch, heads, seq, half, 2]);
+                let even = pairs.clone().narrow(4, 0, 1);
+                let odd = pairs.narrow(4, 1, 1);
+                let cos = self.cos.clone().unsqueeze_dim::<5>(4);
+                let sin = self.sin.clone().unsqueeze_dim::<5>(4);
+                let a = even.clone() * cos.clone() - odd.clone() * sin.clone();
+                let b = odd * cos + even * sin;
+                Tensor::cat(vec![a, b], 4).reshape([batch, heads, seq, dim])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Arch;
+
+    fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(values, shape), &Device::flex())
+    }
+
+    fn close(a: Tensor<2>, b: Tensor<2>) -> f32 {
+        let (a, b) = (tensor_to_vec(a).unwrap(), tensor_to_vec(b).unwrap());
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn an_adapter_adds_its_low_rank_product_beside_the_frozen_weight() {
+        let w = tensor((0..12).map(|x| x as f32 * 0.1 - 0.5).collect(), [3, 4]);
+        let x = tensor(vec![1.0, -2.0, 0.5, 0.0, 1.0, 3.0], [2, 3]);
+        let a = tensor(vec![0.3, -0.1, 0.2, 0.4, -0.5, 0.6], [3, 2]);
+        let b = tensor((0..8).map(|x| x as f32 * 0.05).collect(), [2, 4]);
+        let mut layer = Linear::new(w.clone(), None);
+        let base = layer.forward(x.clone());
+        layer.adapter = Some(LowRank::new(a.clone(), b.zeros_like(), 0.5));
+        assert_eq!(close(layer.forward(x.clone()), base), 0.0);
+        layer.adapter = Some(LowRank::new(a.clone(), b.clone(), 0.5));
+        let merged = Linear::new(w + a.matmul(b).mul_scalar(0.5), None);
+        assert!(close(layer.forward(x.clone()), merged.forward(x)) < 1e-5);
+    }
+
+    #[test]
+    fn the_two_rope_pairings_are_one_rotation_of_permuted_dimensions() {
+        let head_dim = 8;
+        let config = StudentConfig {
+            arch: Arch::Llama,
+            vocab_size: 1,
+            hidden_size: head_dim,
+            n_layers: 1,
+            n_heads: 1,
+            n_kv_heads: 1,
+            head_dim,
+            ffn_size: 1,
+            rope_theta: 100.0,
+            rms_eps: 1e-5,
+            context_length: 16,
+            tied_embeddings: true,
+            qkv_bias: false,
+            rope: RopeStyle::Interleaved,
+        };
+        let seq = 5;
+        let values: Vec<f32> = (0..seq * head_dim)
+            .map(|v| (v as f32 * 0.37).sin())
+            .collect();
+        let adjacent = Rope::new(&config, seq, &Device::flex());
+        let halves = Rope::new(
+            &StudentConfig {
+                rope: RopeStyle::Halves,
+                ..config.clone()
+            },
+            seq,
+            &Device::flex(),
+        );
+        // Dimension 2i + j of the adjacent layout is dimension j·4 + i of the halves layout.
+        let to_halves = |v: &[f32]| crate::gguf::halves_from_adjacent(v, seq, head_dim, 1);
+        let out_adjacent =
+            tensor_to_vec(adjacent.apply(tensor(values.clone(), [1, 1, seq, head_dim]))).unwrap();
+        let out_halves =
+            tensor_to_vec(halves.apply(tensor(to_halves(&values), [1, 1, seq, head_dim]))).unwrap();
+        let diff = to_halves(&out_adjacent)
+            .iter()
+            .zip(&out_halves)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-6, "{diff}");
+        // Position 0 is not rotated; later ones are.
+        assert_eq!(&out_halves[..head_dim], &to_halves(&values)[..head_dim]);
+        assert!((out_halves[head_dim] - to_halves(&values)[head_dim]).abs() > 1e-3);
+    }
+}
