@@ -51,10 +51,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Logs go to stderr through `tracing`, filtered by `RUST_LOG` (default `warn`).
+/// Logs go to stderr through `tracing`, filtered by `RUST_LOG` (default: warnings, and only
+/// errors from llama.cpp, whose load-time warnings are routine).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,llama_cpp_2=error,llama-cpp-2=error")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
