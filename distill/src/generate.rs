@@ -25,6 +25,10 @@ use small_agent_sandbox::{CancelFlag, PythonBackend};
 
 use crate::trajectory::{JsonlAppender, TrajectoryError};
 
+/// Context of a local teacher's session: its prompt with worked examples is ~1.1k tokens, and
+/// five steps of three passages each follow; 4,096 overflowed on 1 of 20 HotpotQA questions.
+pub const DEFAULT_TEACHER_CTX: u32 = 8192;
+
 /// The teacher's prompt template (the long form, with worked examples).
 pub const TEACHER_TEMPLATE: &str = include_str!("../../models/prompts/teacher-agent.toml");
 

@@ -73,8 +73,9 @@ pub struct GenerateArgs {
     /// Interpreter: `full` (CPython 3.15 with numpy, sympy) or `lite`
     #[arg(long, default_value = "full", value_name = "FLAVOUR")]
     pub python: String,
-    /// Context size of each local session, in tokens
-    #[arg(long, default_value_t = small_agent::engine::DEFAULT_CTX_SIZE, value_name = "N")]
+    /// Context size of each local session, in tokens (the teacher's prompt is long, and five
+    /// steps of search results follow it)
+    #[arg(long, default_value_t = small_agent_distill::generate::DEFAULT_TEACHER_CTX, value_name = "N")]
     pub ctx_size: u32,
     /// CPU threads of each local session [default: the cores divided among the workers]
     #[arg(long, short = 't', value_name = "N")]
