@@ -145,6 +145,12 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     dir.with_file_name(format!(".{name}.{suffix}-{}", std::process::id()))
 }
 
+/// Maps an I/O error to [`BuildError::Io`] naming `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
+    let path = path.to_path_buf();
+    move |source| BuildError::Io { path, source }
+}
+
 /// Builds the dataset in `out` from `inputs` with `model`'s chat template and tokenizer.
 ///
 /// Everything is written into a temporary directory beside `out`, which replaces `out` only
@@ -160,10 +166,6 @@ pub fn build(
     progress: &mut dyn FnMut(usize, usize),
     keep_going: &dyn Fn() -> bool,
 ) -> Result<Manifest, BuildError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| BuildError::Io { path, source }
-    };
     if out.exists() {
         let empty = out.is_dir() && std::fs::read_dir(out).map_err(io(out))?.next().is_none();
         if !empty && !out.join("manifest.json").is_file() {
@@ -242,10 +244,6 @@ fn write_into(
     progress: &mut dyn FnMut(usize, usize),
     keep_going: &dyn Fn() -> bool,
 ) -> Result<Manifest, BuildError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| BuildError::Io { path, source }
-    };
     let renderer = Renderer::new(
         model,
         opts.template.clone(),

@@ -641,18 +641,7 @@ pub fn halves_from_adjacent(
     head_dim: usize,
     cols: usize,
 ) -> Vec<f32> {
-    let half = head_dim / 2;
-    let mut out = vec![0.0; rows.len()];
-    for h in 0..n_heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = (h * head_dim + 2 * i + j) * cols;
-                let dst = (h * head_dim + j * half + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&rows[src..src + cols]);
-            }
-        }
-    }
-    out
+    move_qk_rows(rows, n_heads, head_dim, cols, true)
 }
 
 /// llama.cpp's q/k permutation (the inverse of [`halves_from_adjacent`]): row
@@ -663,13 +652,30 @@ pub fn adjacent_from_halves(
     head_dim: usize,
     cols: usize,
 ) -> Vec<f32> {
+    move_qk_rows(rows, n_heads, head_dim, cols, false)
+}
+
+/// Moves rows between the adjacent-pair order (`2i + j`) and the halves order
+/// (`j·head_dim/2 + i`) within each head; `to_halves` picks the direction.
+fn move_qk_rows(
+    rows: &[f32],
+    n_heads: usize,
+    head_dim: usize,
+    cols: usize,
+    to_halves: bool,
+) -> Vec<f32> {
     let half = head_dim / 2;
     let mut out = vec![0.0; rows.len()];
     for h in 0..n_heads {
         for i in 0..half {
             for j in 0..2 {
-                let src = (h * head_dim + j * half + i) * cols;
-                let dst = (h * head_dim + 2 * i + j) * cols;
+                let adjacent = (h * head_dim + 2 * i + j) * cols;
+                let halves = (h * head_dim + j * half + i) * cols;
+                let (src, dst) = if to_halves {
+                    (adjacent, halves)
+                } else {
+                    (halves, adjacent)
+                };
                 out[dst..dst + cols].copy_from_slice(&rows[src..src + cols]);
             }
         }
