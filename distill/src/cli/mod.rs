@@ -1,10 +1,14 @@
 //! The command line: one file per command, flags defined once each.
 
+mod bench;
 mod dataset;
+mod export;
 mod filter;
 mod generate;
 mod import;
+mod import_adapter;
 mod parity;
+mod train;
 
 use std::process::ExitCode;
 
@@ -38,6 +42,14 @@ enum Command {
     Dataset(dataset::DatasetArgs),
     /// Compare the burn student's logits with llama.cpp's on prompts
     Parity(parity::ParityArgs),
+    /// Export a training run's checkpoint: a merged GGUF, a llama.cpp LoRA adapter or PEFT's layout
+    Export(export::ExportArgs),
+    /// Convert a PEFT LoRA adapter into a llama.cpp LoRA adapter GGUF of a base model
+    ImportAdapter(import_adapter::ImportAdapterArgs),
+    /// Fine-tune the student (LoRA or full) on a dataset, with checkpoints and resume
+    Train(train::TrainArgs),
+    /// Measure training speed (against PyTorch on the same model)
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command.
@@ -48,6 +60,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Filter(a) => filter::run(a),
         Command::Dataset(a) => dataset::run(a),
         Command::Parity(a) => parity::run(a),
+        Command::Export(a) => export::run(a),
+        Command::ImportAdapter(a) => import_adapter::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

@@ -324,7 +324,7 @@ fn write_into(
                         masked,
                     };
                     writers[k]
-                        .push(&ex.tokens, &ex.mask, &id)
+                        .push(&ex.tokens, &ex.mask, &id, &ex.messages)
                         .map_err(io(dir))?;
                     let st = splits.get_mut(split).expect("a known split");
                     st.examples += 1;

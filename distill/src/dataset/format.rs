@@ -26,6 +26,14 @@ pub fn split_paths(dir: &Path, split: &str) -> [PathBuf; 4] {
     ["tokens", "mask", "offsets", "ids.jsonl"].map(|ext| dir.join(format!("{split}.{ext}")))
 }
 
+/// The split's conversations as chat messages, one JSON line per example in the order of
+/// its tokens (`{"messages": [{"role", "content"}, ...]}`: the conversational format
+/// Hugging Face TRL's SFT trainer reads, for training on a GPU cluster with
+/// `assistant_only_loss`). Not read back here.
+pub fn messages_path(dir: &Path, split: &str) -> PathBuf {
+    dir.join(format!("{split}.messages.jsonl"))
+}
+
 /// Writes one split's files, one example at a time.
 #[derive(Debug)]
 pub struct SplitWriter {
@@ -33,6 +41,7 @@ pub struct SplitWriter {
     tokens: BufWriter<File>,
     mask: BufWriter<File>,
     ids: BufWriter<File>,
+    messages: BufWriter<File>,
     offsets: Vec<u64>,
 }
 
@@ -45,14 +54,27 @@ impl SplitWriter {
             tokens: open(&paths[0])?,
             mask: open(&paths[1])?,
             ids: open(&paths[3])?,
+            messages: open(&messages_path(dir, split))?,
             paths,
             offsets: vec![0],
         })
     }
 
-    /// Appends one example.
-    pub fn push(&mut self, tokens: &[u32], mask: &[u8], id: &ExampleId) -> std::io::Result<()> {
+    /// Appends one example: its tokens and mask, and the messages they were rendered from.
+    pub fn push(
+        &mut self,
+        tokens: &[u32],
+        mask: &[u8],
+        id: &ExampleId,
+        messages: &[small_agent::engine::ChatMessage],
+    ) -> std::io::Result<()> {
         assert_eq!(tokens.len(), mask.len(), "one mask byte per token");
+        let chat: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+            .collect();
+        serde_json::to_writer(&mut self.messages, &serde_json::json!({ "messages": chat }))?;
+        self.messages.write_all(b"\n")?;
         let mut buf = Vec::with_capacity(tokens.len() * 4);
         for t in tokens {
             buf.extend_from_slice(&t.to_le_bytes());
@@ -72,7 +94,7 @@ impl SplitWriter {
         for o in &self.offsets {
             off.write_all(&o.to_le_bytes())?;
         }
-        for w in [self.tokens, self.mask, self.ids, off] {
+        for w in [self.tokens, self.mask, self.ids, self.messages, off] {
             w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         Ok(())
@@ -308,6 +330,17 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, DatasetFileError> {
         path,
         why: format!("bad manifest: {e}"),
     })
+}
+
+/// A split is what the student's trainer reads.
+impl small_agent_student::train::TrainingData for Split {
+    fn len(&self) -> usize {
+        Split::len(self)
+    }
+
+    fn example(&self, i: usize) -> (&[u32], &[u8]) {
+        Split::example(self, i)
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 //! | `SPLIT.mask` | one byte per token: 1 where the loss counts, else 0 |
 //! | `SPLIT.offsets` | `n + 1` `u64` little-endian offsets into the token array: example `i` is `offsets[i]..offsets[i+1]` |
 //! | `SPLIT.ids.jsonl` | one line per example: `{"id", "source" (index into the manifest's sources), "len", "masked"}` |
+//! | `SPLIT.messages.jsonl` | one line per example: `{"messages": [{"role", "content"}, ...]}`, the rendered conversation in the chat-messages form Hugging Face TRL's SFT trainer reads (assistant-only loss); written for training elsewhere, not read back |
 //!
 //! for `SPLIT` in `train` and `val`. The directory is written beside its final place under
 //! a temporary name and renamed into place when complete: an interrupted build leaves the

@@ -37,9 +37,33 @@ pub enum StudentError {
     /// llama.cpp (the runtime's engine) failed on the reference side of a comparison.
     #[error(transparent)]
     Engine(#[from] small_agent::EngineError),
+    /// A training run's directory or one of its checkpoints is damaged or inconsistent (a
+    /// truncated tensor file, a missing state, a `latest` naming nothing).
+    #[error("{path}: corrupt training run: {reason}; resume from an earlier checkpoint (edit `latest`) or start a new run")]
+    CorruptRun {
+        /// The file or directory at fault.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A run cannot be started or resumed as asked (the directory holds another run, the
+    /// data or base model differ from the run's).
+    #[error("{0}")]
+    Run(String),
     /// A caller's input is out of range (an empty prompt, batches of unequal length).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A training checkpoint or adapter file (safetensors) is damaged, truncated or not
+    /// of the expected layout (a tensor missing, of the wrong type or shape).
+    #[error(
+        "{path} is not a usable checkpoint file: {reason}; use another checkpoint or re-export it"
+    )]
+    CorruptCheckpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Writing a file failed.
     #[error("cannot write {path}: {reason}")]
     Write {

@@ -3,11 +3,16 @@
 //! llama.cpp, the engine the runtime runs it with.
 //!
 //! - [`config`]: the shape, from GGUF metadata;
+//! - [`device`]: the compute back-end (CPU `flex`, GPU `wgpu` behind a feature);
 //! - [`model`]: the decoder as burn modules (forward pass only; each projection is a
 //!   [`model::Linear`] that can carry a low-rank adapter for fine-tuning);
 //! - [`gguf`]: weights in (candle-core's GGUF reader and dequantisation), the tensor-name
 //!   mapping and how llama.cpp's q/k rows meet RoPE;
 //! - [`parity`]: the same tokens through the student and through llama.cpp, logits compared;
+//! - [`adapter`]: checkpoints on disk (a LoRA adapter, full weights) in the student's layout;
+//! - [`export`]: merged GGUF models (F32/F16, llama.cpp-quantised), llama.cpp LoRA adapter
+//!   GGUFs and PEFT's layout;
+//! - [`train`]: LoRA and full fine-tuning with checkpoints and exact resume;
 //! - [`tiny`]: tiny random models of both architectures written as GGUF (tests, and the
 //!   Qwen2 stand-in: no Qwen2 weights are obtainable here).
 //!
@@ -16,16 +21,22 @@
 //! enters the runtime crate: this crate depends on it, not the other way round.
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod config;
+pub mod device;
 mod error;
+pub mod export;
 pub mod gguf;
 pub mod model;
 pub mod parity;
 pub mod tiny;
+pub mod train;
 
+pub use adapter::{LoraAdapter, LoraPair, StudentWeights};
 pub use burn::tensor::Device;
 pub use config::{Arch, RopeStyle, StudentConfig};
 pub use error::{Result, StudentError};
+pub use export::{ExportReport, ExportType};
 pub use gguf::{load, LoadOptions, QkLayout};
 pub use model::Student;
 pub use parity::{ParityOptions, ParityReport};

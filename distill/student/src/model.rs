@@ -16,13 +16,14 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, embedding, linear};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 use crate::config::{RopeStyle, StudentConfig};
 use crate::error::{Result, StudentError};
 
-/// A low-rank adapter of one [`Linear`]: adds `scale · (x·A)·B`, `A: [d_input, rank]`,
-/// `B: [rank, d_output]`.
+/// A low-rank adapter of one [`Linear`]: adds `scale · (drop(x)·A)·B`, `A: [d_input, rank]`,
+/// `B: [rank, d_output]`, where `drop` is dropout while training (LoRA's, on the adapter's
+/// input only) and the identity otherwise.
 #[derive(Module, Debug)]
 pub struct LowRank {
     /// Down projection `A`, `[d_input, rank]`.
@@ -32,20 +33,44 @@ pub struct LowRank {
     /// The factor in front of the product (`alpha / rank` in LoRA's terms).
     #[module(skip)]
     pub scale: f32,
+    /// Probability of zeroing an input element while training.
+    #[module(skip)]
+    pub dropout: f64,
+    /// Whether dropout applies (set by [`Student::set_training`]).
+    #[module(skip)]
+    pub training: bool,
 }
 
 impl LowRank {
-    /// An adapter from its two factors.
+    /// An adapter from its two factors, without dropout.
     pub fn new(a: Tensor<2>, b: Tensor<2>, scale: f32) -> Self {
         Self {
             a: Param::from_tensor(a),
             b: Param::from_tensor(b),
             scale,
+            dropout: 0.0,
+            training: false,
         }
     }
 
-    /// `scale · (x·A)·B`.
+    /// Rank of the product.
+    pub fn rank(&self) -> usize {
+        self.a.shape().dims::<2>()[1]
+    }
+
+    /// `scale · (drop(x)·A)·B`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let x = if self.training && self.dropout > 0.0 {
+            // Inverted dropout: kept elements are scaled up so the expectation is unchanged.
+            let keep = Tensor::<D>::random(
+                x.shape(),
+                Distribution::Bernoulli(1.0 - self.dropout),
+                &x.device(),
+            );
+            x * keep.mul_scalar(1.0 / (1.0 - self.dropout))
+        } else {
+            x
+        };
         let down = linear(x, self.a.val(), None);
         linear(down, self.b.val(), None).mul_scalar(self.scale)
     }
@@ -213,7 +238,61 @@ pub struct Block {
     pub mlp: Mlp,
 }
 
+/// The seven projections of a block that LoRA adapts, by their GGUF tensor names (without
+/// `blk.N.` and `.weight`), in a fixed order.
+pub const ADAPTED_PROJECTIONS: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
 impl Block {
+    /// The projections named in [`ADAPTED_PROJECTIONS`], in that order.
+    pub fn projections(&self) -> [(&'static str, &Linear); 7] {
+        let n = ADAPTED_PROJECTIONS;
+        [
+            (n[0], &self.attn.q),
+            (n[1], &self.attn.k),
+            (n[2], &self.attn.v),
+            (n[3], &self.attn.o),
+            (n[4], &self.mlp.gate),
+            (n[5], &self.mlp.up),
+            (n[6], &self.mlp.down),
+        ]
+    }
+
+    /// The projections named in [`ADAPTED_PROJECTIONS`], in that order, mutably.
+    pub fn projections_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        self.parts_mut().1
+    }
+
+    /// The two norms (`attn_norm`, `ffn_norm`) and the projections, mutably at once.
+    pub fn parts_mut(&mut self) -> ([&mut RmsNorm; 2], [(&'static str, &mut Linear); 7]) {
+        let Block {
+            attn_norm,
+            attn,
+            ffn_norm,
+            mlp,
+        } = self;
+        let n = ADAPTED_PROJECTIONS;
+        (
+            [attn_norm, ffn_norm],
+            [
+                (n[0], &mut attn.q),
+                (n[1], &mut attn.k),
+                (n[2], &mut attn.v),
+                (n[3], &mut attn.o),
+                (n[4], &mut mlp.gate),
+                (n[5], &mut mlp.up),
+                (n[6], &mut mlp.down),
+            ],
+        )
+    }
+
     fn forward(&self, x: Tensor<3>, rope: &Rope) -> Tensor<3> {
         let x = x.clone() + self.attn.forward(self.attn_norm.forward(x), rope);
         x.clone() + self.mlp.forward(self.ffn_norm.forward(x))
@@ -237,6 +316,17 @@ pub struct Student {
 }
 
 impl Student {
+    /// Turns adapter dropout on (training) or off (evaluation, inference).
+    pub fn set_training(&mut self, training: bool) {
+        for block in &mut self.blocks {
+            for (_, layer) in block.projections_mut() {
+                if let Some(adapter) = &mut layer.adapter {
+                    adapter.training = training;
+                }
+            }
+        }
+    }
+
     /// The device the weights are on.
     pub fn device(&self) -> Device {
         self.embed.val().device()

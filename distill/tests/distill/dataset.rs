@@ -8,7 +8,7 @@ use small_agent_distill::dataset::{Dataset, DatasetFileError};
 
 use crate::{default_model_path, shared_file};
 
-fn distill(args: &[&str]) -> Output {
+pub(crate) fn distill(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_small-agent-distill"))
         .args(args)
         .output()
@@ -17,7 +17,7 @@ fn distill(args: &[&str]) -> Output {
     out
 }
 
-fn ok_json(args: &[&str]) -> Value {
+pub(crate) fn ok_json(args: &[&str]) -> Value {
     let out = distill(args);
     assert!(
         out.status.success(),
@@ -28,7 +28,7 @@ fn ok_json(args: &[&str]) -> Value {
 }
 
 /// A trajectory line: one search step, then `final_answer(answer)`.
-fn line(id: &str, question: &str, answer: &str, gold: &str) -> Value {
+pub(crate) fn line(id: &str, question: &str, answer: &str, gold: &str) -> Value {
     let step1 = "Thought: I will search for it.\nCode:\n```py\nprint(web_search(\"Kim novel author\"))\n```<end_code>";
     let step2 =
         format!("Thought: I know it now.\nCode:\n```py\nfinal_answer({answer:?})\n```<end_code>");
@@ -59,7 +59,7 @@ fn line(id: &str, question: &str, answer: &str, gold: &str) -> Value {
     })
 }
 
-fn write_lines(path: &Path, lines: &[Value]) {
+pub(crate) fn write_lines(path: &Path, lines: &[Value]) {
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(path, text).unwrap();
 }
@@ -278,6 +278,22 @@ fn dataset_builds_reads_back_and_reports_its_numbers() {
                 split_of_q0.push(name);
             }
             total += 1;
+        }
+        // The same examples as chat messages (TRL's conversational format), in order: the
+        // student's system prompt in place of the teacher's, the assistant turns as trained.
+        let chat = std::fs::read_to_string(out.join(format!("{name}.messages.jsonl"))).unwrap();
+        assert_eq!(chat.lines().count(), s.len());
+        for line in chat.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let messages = v["messages"].as_array().unwrap();
+            assert_eq!(messages[0]["role"], "system");
+            let system = messages[0]["content"].as_str().unwrap();
+            assert!(
+                system.contains("web_search") || messages.len() == 3,
+                "{system}"
+            );
+            assert_ne!(system, "teacher system prompt");
+            assert!(messages.iter().any(|m| m["role"] == "assistant"));
         }
     }
     assert_eq!(total, 8);

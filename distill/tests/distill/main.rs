@@ -1,12 +1,14 @@
 //! End-to-end tests of `small-agent-distill` on the real shared data, the real default model
 //! and the real sandbox. One test binary; one module per command.
 mod dataset;
+mod export;
 mod generate;
 mod import;
 #[path = "../../../tests/e2e/installed.rs"]
 mod installed;
 #[path = "../../../tests/e2e/llama_server.rs"]
 mod llama_server;
+mod train;
 
 use std::path::PathBuf;
 

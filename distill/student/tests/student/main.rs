@@ -2,8 +2,10 @@
 //! architectures, each compared with llama.cpp through the runtime's engine. One test binary;
 //! one module per subject.
 mod errors;
+mod export;
 mod qwen2;
 mod smollm;
+mod train;
 mod types;
 
 use std::path::PathBuf;
