@@ -1,7 +1,6 @@
 //! `export` and `import-adapter` end to end: the binary on run directories laid out as
 //! `train` writes them, around a tiny random model with the default model's tokenizer.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -11,26 +10,8 @@ use small_agent_student::gguf::GgufFile;
 use small_agent_student::tiny::{write_tiny_gguf, TinySpec};
 use small_agent_student::LoraAdapter;
 
+use crate::dataset::{distill, ok_json};
 use crate::default_model_path;
-
-fn distill(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_small-agent-distill"))
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn ok_json(args: &[&str]) -> Value {
-    let out = distill(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
-}
 
 fn fails_with(args: &[&str], code: i32, needle: &str) {
     let out = distill(args);

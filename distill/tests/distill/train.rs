@@ -117,10 +117,15 @@ fn ctrl_c_checkpoints_and_exits_130_and_the_run_resumes() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Let it train a few steps (metrics.jsonl grows), then press Ctrl-C.
+    // Let it train a few steps (a metrics line per step), then press Ctrl-C.
     let metrics = out.join("metrics.jsonl");
     let started = Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 5 {
+    let steps_done = || {
+        std::fs::read_to_string(&metrics).map_or(0, |m| {
+            m.lines().filter(|l| l.contains("\"loss\"")).count()
+        })
+    };
+    while steps_done() < 5 {
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "no training progress"
@@ -149,4 +154,64 @@ fn ctrl_c_checkpoints_and_exits_130_and_the_run_resumes() {
         "--json",
     ]);
     assert_eq!(resumed["step"].as_u64(), Some(stopped_at + 2));
+}
+
+#[test]
+fn a_trained_and_exported_student_loads_and_answers_in_ask() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, data) = tiny_setup(dir.path());
+    let model = default_model_path();
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    // One LoRA step of the real default model on the hand-made agent examples.
+    let trained = ok_json(&[
+        "train",
+        "--base",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        o,
+        "--batch",
+        "1",
+        "--max-steps",
+        "1",
+        "--val-examples",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(trained["step"], 1);
+    let gguf = dir.path().join("student-q4_1.gguf");
+    ok_json(&[
+        "export",
+        "--run",
+        o,
+        "--out",
+        gguf.to_str().unwrap(),
+        "--type",
+        "q4_1",
+        "--json",
+    ]);
+    // The runtime's binary (built beside this one) runs it as its model.
+    let ask = Path::new(env!("CARGO_BIN_EXE_small-agent-distill")).with_file_name("small-agent");
+    assert!(ask.exists(), "{} is not built", ask.display());
+    let output = Command::new(&ask)
+        .args(["ask", "--model"])
+        .arg(&gguf)
+        .args(["--max-steps", "2", "--json", "What is 6 times 7?"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // 0: an answer; 1: the run ended without one (a one-step student may not know yet).
+    // Never 2 (the model did not load) or a crash.
+    assert!(
+        matches!(output.status.code(), Some(0) | Some(1)),
+        "{:?}: {stderr}",
+        output.status
+    );
+    let run: Value = serde_json::from_slice(&output.stdout).expect("ask --json prints the run");
+    assert!(
+        run["steps"].as_array().is_some_and(|s| !s.is_empty()),
+        "{run}"
+    );
 }
