@@ -121,9 +121,8 @@ fn ctrl_c_checkpoints_and_exits_130_and_the_run_resumes() {
     let metrics = out.join("metrics.jsonl");
     let started = Instant::now();
     let steps_done = || {
-        std::fs::read_to_string(&metrics).map_or(0, |m| {
-            m.lines().filter(|l| l.contains("\"loss\"")).count()
-        })
+        std::fs::read_to_string(&metrics)
+            .map_or(0, |m| m.lines().filter(|l| l.contains("\"loss\"")).count())
     };
     while steps_done() < 5 {
         assert!(
