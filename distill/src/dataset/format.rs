@@ -367,7 +367,7 @@ mod tests {
                     len: t.len(),
                     masked,
                 };
-                w.push(t, m, &id).unwrap();
+                w.push(t, m, &id, &[]).unwrap();
                 s.examples += 1;
                 s.questions += 1;
                 s.tokens += t.len() as u64;
