@@ -11,6 +11,9 @@ if ! command -v qemu-x86_64 >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq qemu-user
 fi
 scripts/build-portable.sh
+# The desktop assistant's tests drive the page in headless Chromium (Debian's chromium, with
+# playwright-core from npm) and talk to the API with the stock openai Python client.
+scripts/setup-serve-test-tools.sh
 # The same ggml options as the set-up's build, so that cargo reuses it.
 # shellcheck source=scripts/cpu-flags.sh
 source scripts/cpu-flags.sh

@@ -16,10 +16,17 @@ use std::{path::PathBuf, sync::Arc};
 use small_agent_sandbox::{CancelFlag, Flavour, Limits, PythonBackend};
 
 use crate::{
-    agent::{agent_toolbox, Agent, AgentConfig, AgentError, AgentEvent, AgentRun, SearchFn},
+    agent::{
+        agent_toolbox, Agent, AgentConfig, AgentError, AgentEvent, AgentRun, Conversation, SearchFn,
+    },
     assets::{self, AssetError},
     engine::{default_threads, EngineError, Model, SessionParams, DEFAULT_CTX_SIZE},
 };
+
+/// Sees each `web_search` call of a session ([`Runtime::session_observed`]): the query and
+/// what the tool returned to the code (the formatted passages, or the error). Called on the
+/// thread that runs the tool, while the run waits for it: keep it short.
+pub type SearchObserver = Arc<dyn Fn(&str, &Result<String, String>) + Send + Sync>;
 
 /// Which knowledge shard `web_search` reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -189,6 +196,16 @@ impl Runtime {
 
     /// Opens a session: its own KV cache, Python sessions per question, and cancel flag.
     pub fn session(&self, config: &SessionConfig) -> Result<AgentSession, RuntimeError> {
+        self.session_observed(config, None)
+    }
+
+    /// [`Runtime::session`] whose `web_search` calls are also shown to `observer` (the query
+    /// and what the tool returned), e.g. to list a run's sources as they are found.
+    pub fn session_observed(
+        &self,
+        config: &SessionConfig,
+        observer: Option<SearchObserver>,
+    ) -> Result<AgentSession, RuntimeError> {
         let mut agent_config = config.agent.clone();
         let cancel = CancelFlag::new();
         agent_config.limits = Limits {
@@ -197,7 +214,17 @@ impl Runtime {
         };
         let mut params = self.inner.session.clone();
         params.n_ctx = agent_config.context_size(params.n_ctx);
-        let tools = agent_toolbox(self.inner.search.clone())?;
+        // `Agent::new` opens the context for `sag` sequences: the most a run may use later.
+        let sequences = agent_config.sag.max(1) as u32;
+        let search = match (self.inner.search.clone(), observer) {
+            (Some(search), Some(observer)) => Some(Arc::new(move |q: &str| {
+                let found = search(q);
+                observer(q, &found);
+                found
+            }) as SearchFn),
+            (search, _) => search,
+        };
+        let tools = agent_toolbox(search)?;
         let inner = self.inner.clone();
         // SAFETY: the agent borrows the model inside `inner`, an `Arc` this session holds and
         // never gives away; `AgentSession`'s fields drop in declaration order, the agent
@@ -206,6 +233,8 @@ impl Runtime {
         let agent = Agent::new(model, &params, inner.python.clone(), tools, agent_config)?;
         Ok(AgentSession {
             agent,
+            conversation: None,
+            sequences,
             cancel,
             _runtime: inner,
         })
@@ -217,6 +246,10 @@ impl Runtime {
 pub struct AgentSession {
     // Declared first: dropped before the runtime it borrows from.
     agent: Agent<'static>,
+    /// The conversation kept for follow-up questions ([`AgentSession::ask_in_conversation`]).
+    conversation: Option<Conversation>,
+    /// Parallel sequences of the session's context: the most SAG candidates a run may use.
+    sequences: u32,
     cancel: CancelFlag,
     _runtime: Arc<Loaded>,
 }
@@ -250,11 +283,86 @@ impl AgentSession {
         question: &str,
         on_event: &mut dyn FnMut(AgentEvent<'_>) -> bool,
     ) -> Result<AgentRun, RuntimeError> {
+        self.guarded(|agent| agent.run(question, on_event))
+    }
+
+    /// Answers a question within a conversation kept by the session: with
+    /// `continue_previous` (and a kept conversation) the agent continues it, seeing the
+    /// earlier questions, steps and answers, with the Python variables of the earlier code
+    /// (the reference's `run(reset=False)`); otherwise a new conversation starts. Either way
+    /// the conversation is kept for the next follow-up (until [`AgentSession::end_conversation`]
+    /// or the next [`AgentSession::ask_in_conversation`] without `continue_previous`). The
+    /// returned flag says whether an earlier conversation was continued. Cancellation as in
+    /// [`AgentSession::ask`]; a run cancelled mid-way still keeps what it did.
+    pub fn ask_in_conversation(
+        &mut self,
+        question: &str,
+        continue_previous: bool,
+        on_event: &mut dyn FnMut(AgentEvent<'_>) -> bool,
+    ) -> Result<(AgentRun, bool), RuntimeError> {
+        let previous = if continue_previous {
+            self.conversation.take()
+        } else {
+            self.conversation = None;
+            None
+        };
+        let continued = previous.is_some();
+        let mut kept = None;
+        let run = self.guarded(|agent| {
+            let (run, conversation) = agent.run_continuing(previous, question, on_event)?;
+            kept = Some(conversation);
+            Ok(run)
+        })?;
+        self.conversation = kept;
+        Ok((run, continued))
+    }
+
+    /// Whether a conversation is kept for a follow-up question.
+    pub fn has_conversation(&self) -> bool {
+        self.conversation.is_some()
+    }
+
+    /// Drops the kept conversation (its Python session is closed).
+    pub fn end_conversation(&mut self) {
+        self.conversation = None;
+    }
+
+    /// The agent's settings for the next runs.
+    pub fn agent_config(&self) -> &AgentConfig {
+        self.agent.config()
+    }
+
+    /// Changes the agent's settings for the next runs (e.g. per request in a server). The
+    /// session's cancel flag stays in `limits.cancel`; `sag` may not exceed the candidates the
+    /// session was opened for ([`SessionConfig`]'s `agent.sag`), since they share its context.
+    pub fn set_agent_config(&mut self, mut config: AgentConfig) -> Result<(), RuntimeError> {
+        if config.sag == 0 || config.sag > self.sequences as usize {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "sag must be between 1 and {} (the session's parallel sequences), got {}",
+                self.sequences, config.sag
+            )));
+        }
+        config.limits.cancel = self.cancel.clone();
+        self.agent.set_config(config);
+        Ok(())
+    }
+
+    /// The most SAG candidates a run on this session may use.
+    pub fn max_sag(&self) -> usize {
+        self.sequences as usize
+    }
+
+    /// Runs `f` with the cancel flag's protocol: a request raised before the start refuses
+    /// the run; the flag is lowered on return.
+    fn guarded(
+        &mut self,
+        f: impl FnOnce(&mut Agent<'static>) -> Result<AgentRun, AgentError>,
+    ) -> Result<AgentRun, RuntimeError> {
         if self.cancel.is_raised() {
             self.cancel.lower();
             return Err(RuntimeError::Cancelled);
         }
-        let run = self.agent.run(question, on_event);
+        let run = f(&mut self.agent);
         // A cancel that lands while the sandbox opens surfaces as a failed start.
         let cancelled = self.cancel.is_raised();
         self.cancel.lower();

@@ -407,18 +407,46 @@ impl<'m> Agent<'m> {
         question: &str,
         on_event: &mut dyn FnMut(AgentEvent<'_>) -> bool,
     ) -> Result<AgentRun, AgentError> {
+        self.run_continuing(None, question, on_event)
+            .map(|(run, _)| run)
+    }
+
+    /// [`Agent::run`], continuing `previous` when given (the reference's `run(reset=False)`):
+    /// the new question is one more task turn after the earlier ones, so the model sees the
+    /// earlier questions, steps and answers, and the code runs in the same Python session
+    /// (its variables and imports kept). Returns the run and the conversation to continue
+    /// with the next question. `previous` must come from this agent (its Python session
+    /// holds this agent's limits and cancel flag).
+    pub fn run_continuing(
+        &mut self,
+        previous: Option<Conversation>,
+        question: &str,
+        on_event: &mut dyn FnMut(AgentEvent<'_>) -> bool,
+    ) -> Result<(AgentRun, Conversation), AgentError> {
         let t0 = Instant::now();
-        let mut py = self.python.open(SessionOptions {
-            limits: self.config.limits.clone(),
-            tools: self.tools.clone(),
-        })?;
-        let mut state = RunState {
-            messages: opening_messages(
-                &self.config.template,
-                &self.tools,
-                self.config.max_steps,
-                question,
+        let (mut py, messages) = match previous {
+            Some(Conversation { mut messages, py }) => {
+                messages.push(ChatMessage::new(
+                    "user",
+                    prompt::fill(&self.config.template.task, &[("question", question)]),
+                ));
+                (py, messages)
+            }
+            None => (
+                self.python.open(SessionOptions {
+                    limits: self.config.limits.clone(),
+                    tools: self.tools.clone(),
+                })?,
+                opening_messages(
+                    &self.config.template,
+                    &self.tools,
+                    self.config.max_steps,
+                    question,
+                ),
             ),
+        };
+        let mut state = RunState {
+            messages,
             steps: Vec::new(),
             first_thought: None,
             answer: None,
@@ -429,7 +457,11 @@ impl<'m> Agent<'m> {
             Some((a, source)) => (a, source),
             None => (String::new(), "none"),
         };
-        Ok(AgentRun {
+        let conversation = Conversation {
+            messages: state.messages.clone(),
+            py,
+        };
+        let run = AgentRun {
             question: question.to_owned(),
             answer,
             answer_source,
@@ -440,7 +472,19 @@ impl<'m> Agent<'m> {
             failure: outcome.as_ref().err().map(RunFailure::of),
             error: outcome.err().map(|e| e.to_string()),
             total_ms: t0.elapsed().as_secs_f64() * 1e3,
-        })
+        };
+        Ok((run, conversation))
+    }
+
+    /// The agent's settings.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Replaces the agent's settings for the next runs. The caller keeps what the chat model
+    /// was built for: with a local model, `sag` must not exceed the sequences of its session.
+    pub fn set_config(&mut self, config: AgentConfig) {
+        self.config = config;
     }
 
     /// A plain chain-of-thought request whose first paragraph becomes the forced start of
@@ -646,6 +690,28 @@ pub fn trajectory_record(run: &AgentRun) -> serde_json::Value {
             "total_ms": run.total_ms,
         },
     })
+}
+
+/// A conversation kept for follow-up questions ([`Agent::run_continuing`]): the messages so
+/// far and the Python session with the variables the code defined.
+pub struct Conversation {
+    messages: Vec<ChatMessage>,
+    py: PySession,
+}
+
+impl std::fmt::Debug for Conversation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conversation")
+            .field("messages", &self.messages.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conversation {
+    /// The messages so far (system, user, assistant turns).
+    pub fn messages(&self) -> &[ChatMessage] {
+        &self.messages
+    }
 }
 
 /// What a run has gathered so far.

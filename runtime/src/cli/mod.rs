@@ -9,6 +9,7 @@ mod generate;
 mod index;
 mod models;
 mod python;
+mod serve;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -53,6 +54,9 @@ enum Command {
     /// Evaluate a mode (agent, CoT, CoT-RAG) on question files with offline scoring; `eval
     /// report DIR...` compares runs.
     Eval(Box<eval::EvalArgs>),
+    /// The desktop assistant: a local web page and HTTP API (runs the `small-agent-serve`
+    /// binary beside this one; `small-agent serve --help` lists its flags).
+    Serve(serve::ServeArgs),
 }
 
 /// `--version`: the version, the build (native or portable) and the ggml CPU code in use.
@@ -82,6 +86,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Models(c) => models::run(c),
         Command::Bench(c) => bench::run(c),
         Command::Eval(a) => eval::run(*a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

@@ -1,0 +1,369 @@
+//! The agent run API: streamed events, the `ask --json` answer, sources, follow-ups,
+//! cancellation by DELETE and by disconnecting.
+use std::{
+    io::Read,
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+use crate::common::{
+    endless_run, forced, post_json, read_sse, run_all, shared, start_run, Server, Sse,
+};
+
+fn events_named<'a>(all: &'a [Sse], name: &str) -> Vec<&'a Sse> {
+    all.iter().filter(|e| e.event == name).collect()
+}
+
+/// A question streams `run`, then per step `step_start`, tokens and `step`, then `answer`
+/// and `done`, in that order; the tokens spell the step's reply; the totals add up.
+#[test]
+fn a_run_streams_its_steps_and_answer() {
+    let s = shared();
+    // The steps are forced by a grammar (the real model decodes them, the real sandbox runs
+    // them): what is tested is the stream, not what the tiny base model would write.
+    let all = run_all(
+        s,
+        &json!({
+            "question": "What is 6 times 7?",
+            "grammar_gbnf": forced("x = 6 * 7\nprint(x)\nfinal_answer(x)"),
+        }),
+    );
+    let names: Vec<&str> = all.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names.first(), Some(&"run"), "{names:?}");
+    assert_eq!(names.last(), Some(&"done"), "{names:?}");
+    let run = all[0].json();
+    assert_eq!(run["type"], "run");
+    assert_eq!(run["continued"], false);
+    assert_eq!(run["settings"]["sag"], 1);
+    assert!(run["run_id"].as_str().unwrap().len() >= 16);
+    let steps = events_named(&all, "step");
+    assert!(!steps.is_empty(), "{names:?}");
+    // Per step: step_start before its tokens, tokens before the step event.
+    for st in &steps {
+        let n = st.json()["step"].as_u64().unwrap();
+        let pos = |pred: &dyn Fn(&Sse) -> bool| all.iter().position(pred);
+        let start = pos(&|e: &Sse| e.event == "step_start" && e.json()["step"] == n).unwrap();
+        let first_tok = pos(&|e: &Sse| e.event == "token" && e.json()["step"] == n).unwrap();
+        let end = pos(&|e: &Sse| e.event == "step" && e.json()["step"] == n).unwrap();
+        assert!(start < first_tok && first_tok < end, "{names:?}");
+        let text: String = all
+            .iter()
+            .filter(|e| e.event == "token" && e.json()["step"] == n)
+            .map(|e| e.json()["text"].as_str().unwrap().to_owned())
+            .collect();
+        let st = st.json();
+        assert!(st["gen_tokens"].as_u64().unwrap() > 0);
+        if let Some(code) = st["code"].as_str() {
+            let first_line = code.lines().next().unwrap_or("").trim();
+            assert!(
+                text.contains(first_line),
+                "streamed {text:?} lacks {first_line:?}"
+            );
+        }
+    }
+    // Tokens arrived over time, not in one lump at the end.
+    let toks = events_named(&all, "token");
+    assert!(toks.len() > 5);
+    let done_ev = all.last().unwrap().json();
+    let answer = done_ev["run"]["answer"].as_str().unwrap();
+    assert!(
+        answer.contains("42"),
+        "answer {answer:?}: {}",
+        done_ev["run"]
+    );
+    assert_eq!(events_named(&all, "answer")[0].json()["answer"], answer);
+    assert_eq!(done_ev["cancelled"], false);
+    let t = &done_ev["totals"];
+    let gen_sum: u64 = steps
+        .iter()
+        .map(|e| e.json()["gen_tokens"].as_u64().unwrap())
+        .sum();
+    assert!(t["gen_tokens"].as_u64().unwrap() >= gen_sum);
+    assert_eq!(t["steps"].as_u64().unwrap() as usize, steps.len());
+    assert!(t["total_ms"].as_f64().unwrap() > 0.0);
+    // The export line is the `ask --trajectory` layout.
+    assert_eq!(done_ev["trajectory"]["question"], "What is 6 times 7?");
+    assert_eq!(done_ev["trajectory"]["generated_answer"], answer);
+    assert!(done_ev["trajectory"]["log_data"]["messages"].is_array());
+}
+
+/// Without streaming the answer is the JSON `small-agent ask --json` prints (an
+/// `AgentRun`), with the run's ids in headers.
+#[test]
+fn without_streaming_the_answer_is_ask_json() {
+    let s = shared();
+    let r = ureq::post(&s.url("/v1/agent/runs"))
+        .send_json(json!({
+            "question": "What is 6 times 7?", "stream": false,
+            "grammar_gbnf": forced("final_answer(6 * 7)"),
+        }))
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    assert!(r.header("x-run-id").is_some());
+    assert!(r.header("x-conversation-id").is_some());
+    let run: Value = r.into_json().unwrap();
+    for key in [
+        "question",
+        "answer",
+        "answer_source",
+        "first_thought",
+        "steps",
+        "fallback",
+        "messages",
+        "error",
+        "failure",
+        "total_ms",
+    ] {
+        assert!(run.get(key).is_some(), "{key} missing: {run}");
+    }
+    assert_eq!(run["answer"], "42", "{run}");
+    assert_eq!(run["answer_source"], "final_answer");
+    let step = &run["steps"][0];
+    for key in [
+        "reply",
+        "thought",
+        "code",
+        "observation",
+        "llm",
+        "exec_ms",
+        "candidates",
+    ] {
+        assert!(step.get(key).is_some(), "{key} missing: {step}");
+    }
+}
+
+/// A question the agent searches for lists the passages `web_search` returned as numbered
+/// sources, and the step that searched names their numbers.
+#[test]
+fn searched_passages_are_listed_as_sources() {
+    let s = shared();
+    let all = run_all(
+        s,
+        &json!({
+            "question": "Who wrote Pride and Prejudice?", "max_steps": 1,
+            "grammar_gbnf": forced("r = web_search(\"Pride and Prejudice novel author\")\nprint(r)"),
+        }),
+    );
+    let sources = events_named(&all, "sources");
+    assert!(
+        !sources.is_empty(),
+        "no sources event; steps: {:?}",
+        events_named(&all, "step")
+            .iter()
+            .map(|e| e.json()["code"].clone())
+            .collect::<Vec<_>>()
+    );
+    let first = sources[0].json();
+    assert!(!first["query"].as_str().unwrap().is_empty());
+    let passages = first["passages"].as_array().unwrap();
+    assert!(!passages.is_empty() && passages.len() <= 3, "{first}");
+    assert_eq!(passages[0]["n"], 1);
+    assert!(!passages[0]["title"].as_str().unwrap().is_empty());
+    assert!(!passages[0]["text"].as_str().unwrap().is_empty());
+    let step_no = first["step"].as_u64().unwrap();
+    let step = events_named(&all, "step")
+        .into_iter()
+        .map(|e| e.json())
+        .find(|e| e["step"] == step_no)
+        .unwrap();
+    assert!(
+        step["sources"].as_array().unwrap().contains(&json!(1)),
+        "{step}"
+    );
+    let done = all.last().unwrap().json();
+    assert!(done["sources"].as_array().unwrap().len() >= passages.len());
+    // What the code saw is what the page lists.
+    let obs = step["observation"].as_str().unwrap();
+    let title = passages[0]["title"].as_str().unwrap();
+    assert!(obs.contains(title), "{step}");
+    assert_eq!(step["tool_calls"], 1);
+}
+
+/// A follow-up in the same conversation continues it: the Python variables of the first
+/// question's code are there, and the agent's memory holds the first question; another
+/// conversation has neither.
+#[test]
+fn follow_ups_continue_the_conversation() {
+    let s = shared();
+    let conv = format!("test-{}", std::process::id());
+    let first = run_all(
+        s,
+        &json!({"question": "Set x to 12.", "conversation_id": conv,
+                "grammar_gbnf": forced("x = 12\nfinal_answer(x)")}),
+    );
+    assert_eq!(first[0].json()["continued"], false);
+    assert_eq!(first.last().unwrap().json()["run"]["answer"], "12");
+    let second = run_all(
+        s,
+        &json!({"question": "What is x times 2?", "conversation_id": conv,
+                "grammar_gbnf": forced("final_answer(x * 2)")}),
+    );
+    let run_ev = second[0].json();
+    assert_eq!(run_ev["conversation_id"], conv.as_str());
+    assert_eq!(run_ev["continued"], true, "{run_ev}");
+    let done = second.last().unwrap().json();
+    assert_eq!(done["run"]["answer"], "24", "{}", done["run"]);
+    let messages = done["run"]["messages"].as_array().unwrap();
+    let text: Vec<&str> = messages
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert!(
+        text.iter().any(|t| t.contains("Set x to 12.")),
+        "the first question is not in the agent's memory: {text:?}"
+    );
+    // Exactly one system prompt: the follow-up is a further turn, not a new conversation.
+    assert_eq!(messages.iter().filter(|m| m["role"] == "system").count(), 1);
+    let fresh = run_all(
+        s,
+        &json!({"question": "What is x times 2?", "conversation_id": format!("{conv}-new"),
+                "max_steps": 1, "grammar_gbnf": forced("final_answer(x * 2)")}),
+    );
+    assert_eq!(fresh[0].json()["continued"], false);
+    let done = fresh.last().unwrap().json();
+    let step = &done["run"]["steps"][0];
+    assert_eq!(step["exec_error"], true, "{step}");
+    assert!(
+        step["observation"].as_str().unwrap().contains("NameError"),
+        "{step}"
+    );
+    assert!(!done["run"]["messages"].to_string().contains("Set x to 12."));
+}
+
+/// DELETE stops a run: while decoding, and while its code runs in the sandbox; the stream
+/// ends with `done` marked cancelled, and the session goes back to the pool.
+#[test]
+fn delete_stops_a_run_promptly() {
+    // A server of its own: "the session is back" is then exact.
+    let s = Server::start(&["--sessions", "1", "--timeout", "20"]);
+    let before = s.metric("small_agent_agent_runs_cancelled_total");
+    // While decoding: cancel at the first token.
+    let reader = start_run(&s, &endless_run());
+    let mut run_id = String::new();
+    let mut asked_at = None;
+    let mut done = None;
+    let mut tokens_after = 0;
+    read_sse(reader, |e| {
+        match e.event.as_str() {
+            "run" => run_id = e.json()["run_id"].as_str().unwrap().to_owned(),
+            "token" if asked_at.is_none() => {
+                let t = Instant::now();
+                let r = ureq::delete(&s.url(&format!("/v1/agent/runs/{run_id}")))
+                    .call()
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                asked_at = Some(t);
+            }
+            "token" => tokens_after += 1,
+            "done" => {
+                done = Some((e.json(), e.at));
+                return false;
+            }
+            _ => {}
+        }
+        true
+    });
+    let (ev, at) = done.expect("no done event");
+    assert_eq!(ev["cancelled"], true, "{ev}");
+    assert_eq!(ev["run"]["failure"], "cancelled");
+    let took = at - asked_at.unwrap();
+    eprintln!("DELETE while decoding: done after {took:?}, {tokens_after} tokens after it");
+    // Decoding stops at the next token: at most the one already being decoded when the
+    // DELETE landed (and one the stream had not yet delivered). The time is reported, not
+    // asserted (it is the machine's speed; `--ignored bench` measures it); a bound of
+    // seconds only catches a run that went on.
+    assert!(tokens_after <= 2, "{tokens_after} tokens after DELETE");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    s.wait_idle(Duration::from_secs(2));
+
+    // While the code runs: the step's text has ended (no step event: its code is running),
+    // then DELETE. The server runs code for up to --timeout 20 s otherwise.
+    let reader = start_run(&s, &endless_run());
+    let (tx, rx) = std::sync::mpsc::channel::<Sse>();
+    std::thread::spawn(move || {
+        read_sse(reader, |e| tx.send(e.clone()).is_ok());
+    });
+    let mut run_id = String::new();
+    let mut saw_token = false;
+    let asked_at = loop {
+        match rx.recv_timeout(Duration::from_millis(1500)) {
+            Ok(e) => match e.event.as_str() {
+                "run" => run_id = e.json()["run_id"].as_str().unwrap().to_owned(),
+                "token" => saw_token = true,
+                "step" => panic!("the endless code ended: {}", e.data),
+                "done" => panic!("the run ended before its code ran: {}", e.data),
+                _ => {}
+            },
+            Err(_) if saw_token => {
+                // 1.5 s without a token after the reply: the code is running.
+                let t = Instant::now();
+                ureq::delete(&s.url(&format!("/v1/agent/runs/{run_id}")))
+                    .call()
+                    .unwrap();
+                break t;
+            }
+            Err(_) => {}
+        }
+    };
+    let done = loop {
+        let e = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the run did not end after DELETE");
+        if e.event == "done" {
+            break e;
+        }
+    };
+    let took = done.at - asked_at;
+    eprintln!("DELETE while the sandbox runs: done after {took:?}");
+    let ev = done.json();
+    assert_eq!(ev["cancelled"], true, "{ev}");
+    // The code would run for --timeout (20 s): ending well before that means the sandbox
+    // was interrupted, not left to time out.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    s.wait_idle(Duration::from_secs(2));
+    assert!(s.metric("small_agent_agent_runs_cancelled_total") >= before + 2.0);
+    // A finished or unknown run: 404.
+    let r = ureq::delete(&s.url(&format!("/v1/agent/runs/{run_id}"))).call();
+    assert!(matches!(r, Err(ureq::Error::Status(404, _))));
+}
+
+/// A client that leaves mid-run cancels it: the session comes back to the pool at once (no
+/// session leaks), and the next question is answered normally.
+#[test]
+fn a_client_that_disconnects_cancels_its_run() {
+    let s = Server::start(&["--sessions", "1", "--timeout", "20"]);
+    let before = s.metric("small_agent_agent_runs_cancelled_total");
+    let mut reader = start_run(&s, &endless_run());
+    // Read until some tokens have arrived, then hang up.
+    let mut buf = [0u8; 4096];
+    let mut seen = String::new();
+    while !seen.contains("event: token") {
+        let n = reader.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let left = Instant::now();
+    drop(reader);
+    s.wait_idle(Duration::from_secs(5));
+    eprintln!("disconnect: sessions idle after {:?}", left.elapsed());
+    let t0 = Instant::now();
+    while s.metric("small_agent_agent_runs_cancelled_total") < before + 1.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the run was not cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, run) = post_json(
+        &s.url("/v1/agent/runs"),
+        &json!({"question": "What is 6 times 7?", "stream": false,
+                "grammar_gbnf": forced("final_answer(6 * 7)")}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(run["answer"], "42", "{run}");
+}
