@@ -344,6 +344,48 @@ fn ask_overflowing_mid_run_fails_and_keeps_the_partial_trajectory() {
     );
 }
 
+/// `--grammar-file` replaces the step grammar: a grammar that admits one step forcing
+/// `final_answer(6 * 7)` makes the real model write it and the sandbox answer 42; a missing
+/// file is a usage error naming it.
+#[test]
+fn ask_follows_a_grammar_file() {
+    crate::default_model_path();
+    let dir = tempfile::tempdir().unwrap();
+    let grammar = dir.path().join("forced.gbnf");
+    std::fs::write(
+        &grammar,
+        "root ::= \"Thought: I multiply.\\nCode:\\n```py\\nfinal_answer(6 * 7)\\n```<end_code>\"\n",
+    )
+    .unwrap();
+    let out = cmd()
+        .args([
+            "ask",
+            "--greedy",
+            "--max-steps",
+            "1",
+            "--json",
+            "--grammar-file",
+        ])
+        .arg(&grammar)
+        .arg("What is 6 times 7?")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = json_of(&out);
+    assert_eq!(run["answer"], "42", "{run}");
+    assert_eq!(run["answer_source"], "final_answer", "{run}");
+    assert_eq!(run["steps"][0]["code"], "final_answer(6 * 7)", "{run}");
+    cmd()
+        .args(["ask", "--grammar-file", "/nonexistent/forced.gbnf", "hi"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("/nonexistent/forced.gbnf"));
+}
+
 #[test]
 fn ask_without_its_shard_says_how_to_build_it() {
     crate::default_model_path();

@@ -9,7 +9,10 @@ use small_agent::agent::{
     SearchFn, StepRecord, DEFAULT_SAG,
 };
 
-use super::{read_text_arg, AgentArgs, ContextArgs, ModelArgs, RemoteArgs, SandboxArgs, ShardArgs};
+use super::{
+    read_text_arg, AgentArgs, ContextArgs, ModelArgs, RemoteArgs, SandboxArgs, ShardArgs,
+    UsageError,
+};
 
 /// Arguments of `ask`.
 #[derive(Debug, Args)]
@@ -18,6 +21,10 @@ pub struct AskArgs {
     pub question: String,
     #[command(flatten)]
     pub agent: AgentArgs,
+    /// Every reply must follow this GBNF grammar instead of the built-in step grammar (e.g.
+    /// one that forces given code, as the server's `grammar_gbnf` does)
+    #[arg(long, value_name = "FILE.gbnf", conflicts_with = "no_grammar")]
+    pub grammar_file: Option<PathBuf>,
     /// Argmax decoding, one candidate per step (overrides --sag)
     #[arg(long)]
     pub greedy: bool,
@@ -45,9 +52,16 @@ pub struct AskArgs {
 
 pub fn run(args: AskArgs) -> Result<ExitCode> {
     let question = read_text_arg(&args.question)?;
+    let grammar = match &args.grammar_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| UsageError(format!("--grammar-file {}: {e}", p.display())))?,
+        ),
+        None => args.agent.step_grammar(),
+    };
     let mut config = AgentConfig {
         max_steps: args.agent.max_steps.max(1),
-        grammar: args.agent.step_grammar(),
+        grammar,
         limits: args.sandbox.limits(),
         ..AgentConfig::default()
     };

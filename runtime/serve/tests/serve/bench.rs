@@ -9,17 +9,20 @@ use std::{
 
 use serde_json::json;
 
-use crate::common::{server_binary, Server};
+use crate::common::{forced, server_binary, Server};
 
-const QUESTIONS: [&str; 8] = [
-    "What is 6 times 7?",
-    "What is 12 plus 30?",
-    "What is 100 divided by 4?",
-    "What is 9 squared?",
-    "What is 2 to the power 10?",
-    "What is 15 minus 8?",
-    "What is 3 times 13?",
-    "What is 81 divided by 9?",
+/// The questions, each with the code its one step is forced to run: both sides then do
+/// the same work (the same tokens decoded under the same grammar, one step, no fallback),
+/// whatever the tiny base model would have written.
+const QUESTIONS: [(&str, &str); 8] = [
+    ("What is 6 times 7?", "final_answer(6 * 7)"),
+    ("What is 12 plus 30?", "final_answer(12 + 30)"),
+    ("What is 100 divided by 4?", "final_answer(100 // 4)"),
+    ("What is 9 squared?", "final_answer(9 ** 2)"),
+    ("What is 2 to the power 10?", "final_answer(2 ** 10)"),
+    ("What is 15 minus 8?", "final_answer(15 - 8)"),
+    ("What is 3 times 13?", "final_answer(3 * 13)"),
+    ("What is 81 divided by 9?", "final_answer(81 // 9)"),
 ];
 
 fn through_server(sessions: usize) -> f64 {
@@ -40,8 +43,14 @@ fn through_server(sessions: usize) -> f64 {
                 if i >= QUESTIONS.len() {
                     return;
                 }
+                let (q, code) = QUESTIONS[i];
                 let r = ureq::post(&url)
-                    .send_json(json!({"question": QUESTIONS[i], "stream": false}))
+                    .send_json(json!({
+                        "question": q,
+                        "stream": false,
+                        "sag": 1,
+                        "grammar_gbnf": forced(code),
+                    }))
                     .unwrap();
                 assert_eq!(r.status(), 200);
             })
@@ -56,10 +65,15 @@ fn through_server(sessions: usize) -> f64 {
 fn through_ask() -> f64 {
     let ask = server_binary().with_file_name("small-agent");
     assert!(ask.is_file(), "{} not built", ask.display());
+    let dir = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
-    for q in QUESTIONS {
+    for (i, (q, code)) in QUESTIONS.iter().enumerate() {
+        let grammar = dir.path().join(format!("q{i}.gbnf"));
+        std::fs::write(&grammar, forced(code)).unwrap();
         let out = std::process::Command::new(&ask)
-            .args(["ask", "--greedy", q])
+            .args(["ask", "--greedy", "--grammar-file"])
+            .arg(&grammar)
+            .arg(q)
             .output()
             .unwrap();
         assert!(
