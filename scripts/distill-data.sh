@@ -5,7 +5,7 @@
 #    train, executed again in our sandbox) into agent trajectories; the CoT-distillation
 #    baseline's sets (FireAct's CoT rows, GSM8K's human rationales) into CoT trajectories.
 # 2. filter: correct answers only, no parse errors, no evaluation question.
-# 3. dataset: the student's prompt, llama.cpp's tokens, assistant-only masks (agent and CoT).
+# 3. dataset: the student's prompt (models/prompts/student.toml), llama.cpp's tokens, assistant-only masks (agent and CoT).
 # Takes about a minute on 2 cores once the interpreter is compiled. Q-Solv's solutions are
 # gpt-4o-mini outputs: OpenAI's terms restrict using them to train competing models.
 set -euo pipefail
@@ -28,7 +28,9 @@ $bin filter --in "$out/fireact.jsonl" --in "$out/qsolv.jsonl" --out "$out/agent.
 $bin filter --in "$out/cot-fireact.jsonl" --in "$out/cot-gsm8k.jsonl" --out "$out/cot.jsonl"
 
 say "dataset"
-$bin dataset --in "$out/agent.jsonl" --out "$out/agent-dataset"
+# The student's short prompt (models/prompts/student.toml): the system prompt is in every
+# example and costs training time without a loss.
+$bin dataset --in "$out/agent.jsonl" --out "$out/agent-dataset" --prompt models/prompts/student.toml
 $bin dataset --in "$out/cot.jsonl" --out "$out/cot-dataset"
 $bin dataset stats "$out/agent-dataset"
 $bin dataset stats "$out/cot-dataset"

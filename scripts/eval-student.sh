@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The student's evaluation (issue #22's table): the agent with the step grammar, greedy N=1,
+# on the held-out sets, each question searching its own paragraphs where it has them.
+#   scripts/eval-student.sh OUT_DIR LIMIT [eval flags...]
+# e.g. the base:     scripts/eval-student.sh runs/base 20
+#      the student:  scripts/eval-student.sh runs/student 20 --adapter models/students/ADAPTER.gguf \
+#                      --prompt models/prompts/student.toml
+# SETS (default "hotpotqa-distractor gsm-hard hipporag-musique math500") picks the sets;
+# MODES (default "grammar") may add "sag8" and "nogrammar" rows. Re-running resumes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: scripts/eval-student.sh OUT_DIR LIMIT [eval flags...]}
+LIMIT=${2:?usage: scripts/eval-student.sh OUT_DIR LIMIT [eval flags...]}
+shift 2
+BIN=${SMALL_AGENT_BIN:-bin/small-agent}
+SETS=${SETS:-hotpotqa-distractor gsm-hard hipporag-musique math500}
+MODES=${MODES:-grammar}
+mkdir -p "$OUT"
+for mode in $MODES; do
+  case $mode in
+    grammar) flags=(--grammar --sag 1) ;;
+    nogrammar) flags=(--no-grammar --sag 1) ;;
+    sag8) flags=(--grammar --sag 8) ;;
+    *) echo "eval-student.sh: unknown mode $mode (grammar, nogrammar, sag8)" >&2; exit 2 ;;
+  esac
+  for set in $SETS; do
+    corpus=()
+    case $set in hotpotqa-distractor|hipporag-*) corpus=(--corpus own) ;; esac
+    t0=$(date +%s)
+    "$BIN" eval --dataset "$set" "${corpus[@]}" --mode agent "${flags[@]}" --limit "$LIMIT" \
+      --resume --out "$OUT/$set-$mode" "$@" >"$OUT/$set-$mode.table.md" 2>>"$OUT/$set-$mode.log" || {
+      echo "run $set-$mode failed (see $OUT/$set-$mode.log)" >&2; exit 1; }
+    echo "$set-$mode $LIMIT $(( $(date +%s) - t0 ))" >>"$OUT/wall-times.txt"
+    echo "$set-$mode (first $LIMIT) done in $(( $(date +%s) - t0 )) s" >&2
+  done
+done
+"$BIN" eval report "$OUT"/*/ >"$OUT/report.md"
+cat "$OUT/report.md"
