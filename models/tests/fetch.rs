@@ -1,6 +1,6 @@
 //! The fetch's failure paths and idempotence, with a stand-in pip that serves a wheel built
 //! here (the real registry fetch of the real model is exercised by the end-to-end tests).
-use std::{fs, io::Write, os::unix::fs::PermissionsExt, path::Path};
+use std::{fs, io::Write, path::Path};
 
 use sha2::{Digest, Sha256};
 use small_agent_models::{Error, FetchEvent, FileState, Manifest, Store};
@@ -42,8 +42,9 @@ fn fake_pip(dir: &Path) -> Vec<String> {
         ),
     )
     .unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    vec![script.display().to_string()]
+    // Run by sh, not executed itself: exec of a file just written fails with ETXTBSY while
+    // a parallel test's fork still holds the write descriptor (seen in CI).
+    vec!["/bin/sh".into(), script.display().to_string()]
 }
 
 fn calls(dir: &Path) -> usize {
@@ -133,8 +134,8 @@ fn a_failing_download_reports_pip_output() {
         "#!/bin/sh\necho 'ERROR: Could not find a version' >&2\nexit 1\n",
     )
     .unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    let store = Store::new(tmp.path()).with_pip(vec![script.display().to_string()]);
+    let store =
+        Store::new(tmp.path()).with_pip(vec!["/bin/sh".into(), script.display().to_string()]);
     let err = store
         .fetch(&manifest(&good_sha()), &mut |_| {})
         .unwrap_err();

@@ -45,6 +45,9 @@ pub enum ShardChoice {
 pub struct RuntimeConfig {
     /// GGUF model; `None` is the fetched default model.
     pub model: Option<PathBuf>,
+    /// A LoRA adapter GGUF of that model applied on top of it
+    /// ([`crate::engine::LoadOptions::adapter`]).
+    pub adapter: Option<PathBuf>,
     /// Knowledge shard for `web_search`.
     pub shard: ShardChoice,
     /// CPU threads of each session's generation; 0 picks the default.
@@ -61,6 +64,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             model: None,
+            adapter: None,
             shard: ShardChoice::Default,
             threads: 0,
             context_size: DEFAULT_CTX_SIZE,
@@ -166,7 +170,10 @@ impl Runtime {
             Some(p) => p.clone(),
             None => assets::default_model_path()?,
         };
-        let model = Model::load(&model_path)?;
+        let model = Model::load_with(
+            &model_path,
+            &crate::engine::LoadOptions::default().with_adapter(config.adapter.clone()),
+        )?;
         let python = assets::python_backend(config.python)?;
         let threads = if config.threads == 0 {
             default_threads()

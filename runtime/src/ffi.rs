@@ -393,6 +393,7 @@ pub unsafe extern "C" fn sa_runtime_new(
         };
         let config = RuntimeConfig {
             model,
+            adapter: None,
             shard,
             threads: p.threads,
             context_size: p.context_size,

@@ -639,6 +639,7 @@ fn a_damaged_split_cache_falls_back_to_the_file_and_is_rederived() {
     let options = LoadOptions {
         split_q4_1: true,
         split_cache: Some(cache.path().to_path_buf()),
+        adapter: None,
     };
     let files = split::derive(&path, cache.path())
         .unwrap()

@@ -1,5 +1,6 @@
 //! End-to-end tests of `small-agent-distill` on the real shared data, the real default model
 //! and the real sandbox. One test binary; one module per command.
+mod adapter_stack;
 mod dataset;
 mod export;
 mod generate;

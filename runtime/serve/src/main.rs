@@ -62,6 +62,9 @@ struct Args {
     /// GGUF model file [default: the fetched default model]
     #[arg(long, short = 'm', env = "SMALL_AGENT_MODEL", value_name = "PATH")]
     model: Option<PathBuf>,
+    /// A LoRA adapter GGUF of the model applied on top of it (as `small-agent ask --adapter`)
+    #[arg(long, env = "SMALL_AGENT_ADAPTER", value_name = "FILE")]
+    adapter: Option<PathBuf>,
     /// Knowledge shard directory [default: the default shard built by scripts/setup.sh]
     #[arg(
         long,
@@ -195,6 +198,7 @@ fn run(a: Args) -> Result<()> {
         },
         runtime: RuntimeConfig {
             model: a.model,
+            adapter: a.adapter,
             shard: if a.no_index {
                 ShardChoice::None
             } else {

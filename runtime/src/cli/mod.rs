@@ -160,6 +160,10 @@ pub struct ModelArgs {
     /// the same weights with faster batched kernels; see ARCHITECTURE.md)
     #[arg(long, env = "SMALL_AGENT_AS_IS", value_parser = clap::builder::BoolishValueParser::new())]
     pub as_is: bool,
+    /// A LoRA adapter GGUF (llama.cpp's format, e.g. `small-agent-distill export --adapter`)
+    /// applied on top of the model; it must have been made for this model
+    #[arg(long, env = "SMALL_AGENT_ADAPTER", value_name = "FILE")]
+    pub adapter: Option<PathBuf>,
 }
 
 /// A model behind an OpenAI-compatible server, instead of a local GGUF.
@@ -221,11 +225,13 @@ impl ModelArgs {
             LoadOptions::as_is()
         } else {
             LoadOptions::default()
-        };
+        }
+        .with_adapter(self.adapter.clone());
         let model = Model::load_with(&path, &options)?;
         tracing::info!(
             path = %path.display(),
             split = model.is_split(),
+            adapter = model.adapter().map(|a| a.display().to_string()),
             ms = t.elapsed().as_millis() as u64,
             "model loaded"
         );

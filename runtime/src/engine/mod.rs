@@ -6,6 +6,7 @@
 //! suffix. The context is created with room for several sequences, so candidates that share
 //! the prompt can later be decoded side by side ([`Session::fork_sequence`]).
 
+pub mod adapter;
 mod capture;
 pub mod cpu;
 pub mod head;
@@ -110,6 +111,25 @@ pub enum EngineError {
         path: PathBuf,
         /// Its size.
         size: u64,
+    },
+    /// The LoRA adapter file does not exist.
+    #[error(
+        "LoRA adapter {0} does not exist: pass --adapter PATH to an adapter GGUF (written by \
+         `small-agent-distill export --adapter`), or leave --adapter out"
+    )]
+    AdapterNotFound(PathBuf),
+    /// The file is no LoRA adapter GGUF, or not one of this model.
+    #[error(
+        "the LoRA adapter {adapter} does not fit the model {model}: {reason}; pass an adapter \
+         exported for this model (`small-agent-distill export --adapter` of a run trained on it)"
+    )]
+    AdapterMismatch {
+        /// The adapter.
+        adapter: PathBuf,
+        /// The model.
+        model: PathBuf,
+        /// What does not fit.
+        reason: String,
     },
     /// The prompt does not fit into the context.
     #[error(

@@ -1,4 +1,5 @@
-//! Loading a GGUF model: the Q4_1 split, the own output head, chat templates, tokenizing.
+//! Loading a GGUF model: the Q4_1 split, a LoRA adapter, the own output head, chat templates,
+//! tokenizing.
 
 use super::*;
 
@@ -9,9 +10,17 @@ pub struct Model {
     /// The file llama.cpp mapped: `path`, or the derived Q4_0 base of a split model.
     pub(super) mapped: PathBuf,
     pub(super) template: LlamaChatTemplate,
-    /// The Q4_1 offsets adapter when the model was loaded split (see [`split`]); every
-    /// context of the model applies it.
-    pub(super) offsets: Option<std::sync::Mutex<llama_cpp_2::model::LlamaLoraAdapter>>,
+    /// The adapter every context of the model applies: the Q4_1 offsets when the model was
+    /// loaded split (see [`split`]), with the LoRA adapter of [`LoadOptions::adapter`] folded
+    /// in ([`adapter`]); else that LoRA adapter alone.
+    pub(super) adapter: Option<std::sync::Mutex<llama_cpp_2::model::LlamaLoraAdapter>>,
+    /// Whether the model was loaded split.
+    pub(super) split: bool,
+    /// The LoRA adapter file applied, if any.
+    pub(super) lora: Option<PathBuf>,
+    /// The LoRA adapter changes the output matrix (or the embeddings it may be tied to), which
+    /// only llama.cpp's graph applies: no own output product then.
+    pub(super) lora_touches_output: bool,
     /// The output matrix for [`head::OutputHead`], built by the first session that uses it;
     /// `None` inside when this model or CPU does not qualify.
     pub(super) head: OnceLock<Option<std::sync::Arc<head::OutputHead>>>,
@@ -27,6 +36,9 @@ pub struct LoadOptions {
     pub split_q4_1: bool,
     /// Where the split files are kept ([`split::default_cache_dir`] by default).
     pub split_cache: Option<PathBuf>,
+    /// A LoRA adapter GGUF (llama.cpp's format) applied to every context; checked against
+    /// the model (a misfit is [`EngineError::AdapterMismatch`]).
+    pub adapter: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -34,6 +46,7 @@ impl Default for LoadOptions {
         Self {
             split_q4_1: true,
             split_cache: split::default_cache_dir(),
+            adapter: None,
         }
     }
 }
@@ -44,7 +57,13 @@ impl LoadOptions {
         Self {
             split_q4_1: false,
             split_cache: None,
+            adapter: None,
         }
+    }
+
+    /// The same options with the LoRA adapter `adapter`.
+    pub fn with_adapter(self, adapter: Option<PathBuf>) -> Self {
+        Self { adapter, ..self }
     }
 }
 
@@ -74,6 +93,15 @@ impl Model {
             });
         }
         let backend = backend()?;
+        let lora = match &options.adapter {
+            Some(a) => Some(adapter::check(a, path)?),
+            None => None,
+        };
+        let misfit = |reason: String| EngineError::AdapterMismatch {
+            adapter: options.adapter.clone().unwrap_or_default(),
+            model: path.into(),
+            reason,
+        };
         let split_files = match &options.split_cache {
             Some(cache)
                 if options.split_q4_1 && split::pays_here(backend.supports_gpu_offload()) =>
@@ -101,24 +129,50 @@ impl Model {
         };
         let params = LlamaModelParams::default();
         let split_loaded = split_files.and_then(|files| {
+            // The LoRA adapter rides in the offsets adapter (one adapter per context).
+            let offsets = match &options.adapter {
+                None => files.offsets.clone(),
+                Some(a) => match adapter::fold(&files, path, a) {
+                    Ok(folded) => folded,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not fold the LoRA adapter into the \
+                            split's offsets; loading the model as it is");
+                        return None;
+                    }
+                },
+            };
             // Mapped: the derived file puts the repacked (copied) matrices before the
             // tensors read in place, so the loader unmaps their pages once copied. The
             // loader reads every page in; with our own output product the embeddings'
             // pages are handed back afterwards (`Model::output_head`).
             let loaded = LlamaModel::load_from_file(backend, &files.base, &params)
-                .map_err(|e| e.to_string())
+                .map_err(|e| Some(e.to_string()))
                 .and_then(|mut inner| {
-                    let adapter = inner
-                        .lora_adapter_init(&files.offsets)
-                        .map_err(|e| e.to_string())?;
+                    let adapter = inner.lora_adapter_init(&offsets).map_err(|e| {
+                        if offsets != files.offsets {
+                            // Only the fold is suspect: the model then loads as it is, and
+                            // the adapter alone says whether it fits.
+                            let _ = std::fs::remove_file(&offsets);
+                            return None;
+                        }
+                        Some(e.to_string())
+                    })?;
                     Ok((inner, adapter))
                 });
             match loaded {
                 Ok((inner, adapter)) => {
                     tracing::debug!(base = %files.base.display(), "Q4_1 model loaded as Q4_0 + offsets");
-                    Some((inner, Some(std::sync::Mutex::new(adapter)), files.base))
+                    Some((inner, Some(std::sync::Mutex::new(adapter)), files.base, true))
                 }
-                Err(e) => {
+                Err(None) => {
+                    tracing::warn!(
+                        fold = %offsets.display(),
+                        "the split's offsets with the LoRA adapter folded in did not load; \
+                         removed them, loading the model as it is"
+                    );
+                    None
+                }
+                Err(Some(e)) => {
                     // A damaged cache must not stop the model: drop it (the next load
                     // derives it again) and run the file as it is.
                     let dir = files.base.parent().unwrap_or(&files.base);
@@ -133,13 +187,24 @@ impl Model {
                 }
             }
         });
-        let (inner, offsets, mapped) = match split_loaded {
+        let (inner, adapter, mapped, split) = match split_loaded {
             Some(loaded) => loaded,
-            None => (
-                LlamaModel::load_from_file(backend, path, &params).map_err(|e| load_failed(&e))?,
-                None,
-                path.to_path_buf(),
-            ),
+            None => {
+                let mut inner = LlamaModel::load_from_file(backend, path, &params)
+                    .map_err(|e| load_failed(&e))?;
+                // llama.cpp applies the adapter's alpha / rank itself.
+                let adapter = match &options.adapter {
+                    Some(a) => Some(std::sync::Mutex::new(inner.lora_adapter_init(a).map_err(
+                        |e| {
+                            misfit(format!(
+                                "llama.cpp refused it ({e}; details: RUST_LOG=llama-cpp-2=debug)"
+                            ))
+                        },
+                    )?)),
+                    None => None,
+                };
+                (inner, adapter, path.to_path_buf(), false)
+            }
         };
         let template = match inner.chat_template(None) {
             Ok(t) => t,
@@ -154,7 +219,10 @@ impl Model {
             path: path.into(),
             mapped,
             template,
-            offsets,
+            adapter,
+            split,
+            lora: options.adapter.clone(),
+            lora_touches_output: lora.is_some_and(|c| c.touches_output),
             head: OnceLock::new(),
             gpu: backend.supports_gpu_offload(),
         })
@@ -169,7 +237,7 @@ impl Model {
     /// The output matrix in [`head::OutputHead`]'s layout, read from the file on first use;
     /// `None` where the model or the CPU does not qualify (llama.cpp then computes logits).
     pub(super) fn output_head(&self) -> Option<std::sync::Arc<head::OutputHead>> {
-        if self.gpu {
+        if self.gpu || self.lora_touches_output {
             return None;
         }
         self.head
@@ -197,7 +265,12 @@ impl Model {
 
     /// Whether the model's Q4_1 matrices were loaded as Q4_0 plus offsets ([`split`]).
     pub fn is_split(&self) -> bool {
-        self.offsets.is_some()
+        self.split
+    }
+
+    /// The LoRA adapter file every context applies ([`LoadOptions::adapter`]).
+    pub fn adapter(&self) -> Option<&Path> {
+        self.lora.as_deref()
     }
 
     /// The file it was loaded from.

@@ -266,10 +266,11 @@ impl<'m> Session<'m> {
             .inner
             .new_context(backend, cparams)
             .map_err(llama_err)?;
-        if let Some(offsets) = &model.offsets {
+        if let Some(adapter) = &model.adapter {
             // Without its offsets the split model computes wrong numbers: every context
-            // applies them, at scale 1 (exact; see `split`).
-            let mut adapter = offsets.lock().unwrap_or_else(|p| p.into_inner());
+            // applies them (with any LoRA adapter folded in), at scale 1 (alpha 0: exact; see
+            // `split`). A LoRA adapter alone gets its alpha / rank from llama.cpp.
+            let mut adapter = adapter.lock().unwrap_or_else(|p| p.into_inner());
             ctx.lora_adapter_set(&mut adapter, 1.0).map_err(llama_err)?;
         }
         let pool =

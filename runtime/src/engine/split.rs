@@ -21,6 +21,10 @@
 //!
 //! The derived files are written once per source file into a cache directory and reused;
 //! any failure to derive them falls back to loading the file as it is.
+//!
+//! A LoRA adapter on top (a distilled student) cannot be a second adapter: llama-cpp-2 sets
+//! one per context. [`super::adapter`] folds it into the offsets (ranks concatenated, still
+//! alpha 0), one file per adapter content beside the pair; the base is shared.
 
 use std::{
     ffi::{CStr, CString},
@@ -86,13 +90,13 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 }
 
 /// A GGUF file opened by ggml's reader, with its tensors' shapes in a metadata context.
-struct GgufFile {
+pub(super) struct GgufFile {
     gguf: *mut sys::gguf_context,
     meta: *mut sys::ggml_context,
 }
 
 impl GgufFile {
-    fn open(path: &Path) -> Result<Self, SplitError> {
+    pub(super) fn open(path: &Path) -> Result<Self, SplitError> {
         let c = c_path(path)?;
         let mut meta: *mut sys::ggml_context = std::ptr::null_mut();
         let params = sys::gguf_init_params {
@@ -108,7 +112,7 @@ impl GgufFile {
         Ok(Self { gguf, meta })
     }
 
-    fn string(&self, key: &str) -> Option<String> {
+    pub(super) fn string(&self, key: &str) -> Option<String> {
         let k = CString::new(key).ok()?;
         // SAFETY: valid context and key; the id is checked before the value is read.
         unsafe {
@@ -124,8 +128,18 @@ impl GgufFile {
         }
     }
 
+    pub(super) fn f32(&self, key: &str) -> Option<f32> {
+        let k = CString::new(key).ok()?;
+        // SAFETY: valid context and key; the id and type are checked before the value is read.
+        unsafe {
+            let id = sys::gguf_find_key(self.gguf, k.as_ptr());
+            (id >= 0 && sys::gguf_get_kv_type(self.gguf, id) == sys::GGUF_TYPE_FLOAT32)
+                .then(|| sys::gguf_get_val_f32(self.gguf, id))
+        }
+    }
+
     /// Name, type, shape and byte range (from the start of the file) of every tensor.
-    fn tensors(&self) -> Vec<TensorInfo> {
+    pub(super) fn tensors(&self) -> Vec<TensorInfo> {
         // SAFETY: ids below `gguf_get_n_tensors`; names are NUL-terminated strings owned by
         // the context; the metadata context holds a tensor of every name.
         unsafe {
@@ -158,13 +172,14 @@ impl Drop for GgufFile {
     }
 }
 
-struct TensorInfo {
-    name: String,
-    ggml_type: sys::ggml_type,
-    ne: [i64; 4],
+pub(super) struct TensorInfo {
+    pub(super) name: String,
+    pub(super) ggml_type: sys::ggml_type,
+    pub(super) ne: [i64; 4],
     meta: *mut sys::ggml_tensor,
-    start: usize,
-    len: usize,
+    /// Byte range in the file.
+    pub(super) start: usize,
+    pub(super) len: usize,
 }
 
 impl TensorInfo {
@@ -336,7 +351,7 @@ fn cache_key(src: &Path) -> Result<String, SplitError> {
     Ok(format!("{:016x}", h.finish()))
 }
 
-struct Fnv(u64);
+pub(super) struct Fnv(pub(super) u64);
 
 impl Hasher for Fnv {
     fn finish(&self) -> u64 {
@@ -424,12 +439,12 @@ fn remove_stale_derivations(cache_dir: &Path, current: &Path, source: &Path) {
 }
 
 /// One tensor of an output file: its shape comes from `like` (pass-through) or `ne`.
-struct OutTensor {
-    name: String,
-    ggml_type: sys::ggml_type,
-    ne: [i64; 2],
-    like: Option<*mut sys::ggml_tensor>,
-    data: Vec<u8>,
+pub(super) struct OutTensor {
+    pub(super) name: String,
+    pub(super) ggml_type: sys::ggml_type,
+    pub(super) ne: [i64; 2],
+    pub(super) like: Option<*mut sys::ggml_tensor>,
+    pub(super) data: Vec<u8>,
 }
 
 fn write_split(
@@ -581,7 +596,7 @@ fn u16_bytes(v: &[u16]) -> Vec<u8> {
 /// Writes a GGUF file through ggml's writer: key-values copied from `kv_from` (or the LoRA
 /// adapter keys for `adapter_arch`), then the tensors. Written to a temporary name and
 /// renamed into place.
-fn write_gguf(
+pub(super) fn write_gguf(
     path: &Path,
     kv_from: Option<*mut sys::gguf_context>,
     tensors: &[OutTensor],
