@@ -196,19 +196,7 @@ fn a_panic_in_one_request_leaves_the_server_serving() {
     assert_eq!(s.metric("small_agent_panics_total"), 1.0);
     assert_eq!(s.health()["status"], "ok", "{}", s.health());
     // The same (only) session, rebuilt, answers the next question.
-    let after = crate::common::run_all(
-        &s,
-        &json!({
-            "question": "What is 6 times 7?",
-            "max_steps": 1,
-            "grammar_gbnf": forced("final_answer(6 * 7)"),
-        }),
-    );
-    let done = after
-        .iter()
-        .find(|e| e.event == "done")
-        .unwrap_or_else(|| panic!("no done after the panic: {after:?}"));
-    assert_eq!(done.json()["run"]["answer"], "42", "{}", done.data);
+    answers_the_next_question(&s, "panic");
 }
 
 /// Code that exhausts the sandbox's memory ends as an error observation of that run (the
@@ -237,18 +225,23 @@ fn a_sandbox_memory_trap_stays_inside_its_run() {
     );
     assert!(events.iter().any(|e| e.event == "done"));
     s.wait_idle(Duration::from_secs(10));
-    let after = crate::common::run_all(
-        &s,
+    answers_the_next_question(&s, "trap");
+    assert_eq!(s.metric("small_agent_panics_total"), 0.0);
+}
+
+/// The server's next run (one forced step computing 6 × 7) ends with the answer 42.
+fn answers_the_next_question(s: &Server, after: &str) {
+    let events = crate::common::run_all(
+        s,
         &json!({
             "question": "What is 6 times 7?",
             "max_steps": 1,
             "grammar_gbnf": forced("final_answer(6 * 7)"),
         }),
     );
-    let done = after
+    let done = events
         .iter()
         .find(|e| e.event == "done")
-        .unwrap_or_else(|| panic!("no done after the trap: {after:?}"));
+        .unwrap_or_else(|| panic!("no done after the {after}: {events:?}"));
     assert_eq!(done.json()["run"]["answer"], "42", "{}", done.data);
-    assert_eq!(s.metric("small_agent_panics_total"), 0.0);
 }
