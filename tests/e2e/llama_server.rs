@@ -52,7 +52,8 @@ impl LlamaServer {
             .args(["-m", &model.display().to_string()])
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--parallel", &parallel.to_string(), "-c", &ctx.to_string()])
-            .args(["--threads", "2", "--no-ui"])
+            // One thread: tests run side by side, and ggml's threads spin at every barrier.
+            .args(["--threads", "1", "--no-ui"])
             .stdout(Stdio::from(log.reopen().unwrap()))
             .stderr(Stdio::from(log.reopen().unwrap()))
             .spawn()

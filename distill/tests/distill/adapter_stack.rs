@@ -61,8 +61,8 @@ fn logits(m: &Model, tokens: &[small_agent::engine::LlamaToken]) -> Vec<Vec<f32>
     let mut s = m
         .session(&SessionParams {
             n_ctx: 512,
-            n_threads: 2,
-            n_threads_batch: 2,
+            n_threads: 1,
+            n_threads_batch: 1,
             // llama.cpp's logits on both sides: the comparison is about the adapters.
             own_output_head: false,
             ..SessionParams::default()
@@ -252,7 +252,7 @@ fn ask_runs_with_an_adapter_and_caches_its_fold_apart() {
         .arg(&lora)
         .args([
             "--threads",
-            "2",
+            "1",
             "--greedy",
             "--max-steps",
             "1",

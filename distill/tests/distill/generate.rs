@@ -74,7 +74,7 @@ fn a_local_teacher_writes_one_line_per_question_and_resumes() {
             ])
             .arg("--teacher")
             .arg(&model)
-            .args(["--max-steps", "1", "--json", "--out"])
+            .args(["--max-steps", "1", "--threads", "1", "--json", "--out"])
             .arg(&out)
             .output()
             .unwrap();
@@ -179,7 +179,7 @@ fn ctrl_c_leaves_whole_lines_and_the_run_resumes() {
         .args(["generate", "--questions", "hotpotqa-train", "--limit", "4"])
         .arg("--teacher")
         .arg(&model)
-        .args(["--max-steps", "1", "--out"])
+        .args(["--max-steps", "1", "--threads", "1", "--out"])
         .arg(&out)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -210,7 +210,7 @@ fn ctrl_c_leaves_whole_lines_and_the_run_resumes() {
         .args(["generate", "--questions", "hotpotqa-train", "--limit", "4"])
         .arg("--teacher")
         .arg(&model)
-        .args(["--max-steps", "1", "--json", "--out"])
+        .args(["--max-steps", "1", "--threads", "1", "--json", "--out"])
         .arg(&out)
         .output()
         .unwrap();

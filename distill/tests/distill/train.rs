@@ -197,7 +197,14 @@ fn a_trained_and_exported_student_loads_and_answers_in_ask() {
     let output = Command::new(&ask)
         .args(["ask", "--model"])
         .arg(&gguf)
-        .args(["--max-steps", "2", "--json", "What is 6 times 7?"])
+        .args([
+            "--max-steps",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+            "What is 6 times 7?",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -26,6 +26,10 @@ pub struct RunDefaults {
     pub max_steps_cap: usize,
     /// The step grammar on.
     pub grammar: bool,
+    /// The agent's prompt template (`--prompt`; a distilled student has its own).
+    pub template: small_agent::agent::PromptTemplate,
+    /// Where the template came from, for the about panel and `/v1/info`.
+    pub template_name: String,
 }
 
 impl Default for RunDefaults {
@@ -36,6 +40,8 @@ impl Default for RunDefaults {
             max_steps: small_agent::agent::DEFAULT_MAX_STEPS,
             max_steps_cap: 20,
             grammar: true,
+            template: small_agent::agent::PromptTemplate::builtin(),
+            template_name: "models/prompts/agent-default.toml (built in)".into(),
         }
     }
 }

@@ -59,6 +59,11 @@ struct Args {
     /// Let the model write freely by default (no step grammar)
     #[arg(long)]
     no_grammar: bool,
+    /// The agent's prompt template (TOML, as `small-agent ask --prompt`), e.g.
+    /// models/prompts/student.toml for a distilled student [default: the built-in
+    /// models/prompts/agent-default.toml]
+    #[arg(long, value_name = "FILE")]
+    prompt: Option<PathBuf>,
     /// GGUF model file [default: the fetched default model]
     #[arg(long, short = 'm', env = "SMALL_AGENT_MODEL", value_name = "PATH")]
     model: Option<PathBuf>,
@@ -179,6 +184,17 @@ fn run(a: Args) -> Result<()> {
         return Err(UsageError("--timeout must be positive".into()).into());
     }
     let api_key = a.api_key_file.as_deref().map(read_key).transpose()?;
+    let (template, template_name) = match &a.prompt {
+        Some(p) => (
+            small_agent::agent::PromptTemplate::from_file(p)
+                .map_err(|e| UsageError(format!("--prompt: {e}")))?,
+            p.display().to_string(),
+        ),
+        None => {
+            let d = RunDefaults::default();
+            (d.template, d.template_name)
+        }
+    };
     let config = ServeConfig {
         host: a.host,
         port: a.port,
@@ -194,6 +210,8 @@ fn run(a: Args) -> Result<()> {
             max_sag: a.max_sag,
             max_steps: a.max_steps,
             grammar: !a.no_grammar,
+            template,
+            template_name,
             ..RunDefaults::default()
         },
         runtime: RuntimeConfig {

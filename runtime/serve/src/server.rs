@@ -100,6 +100,7 @@ impl Server {
         // flag in).
         let base_agent = AgentConfig {
             limits: config.runtime.limits.clone(),
+            template: config.run.template.clone(),
             ..AgentConfig::default()
         };
         let model_path = runtime.model().path().to_path_buf();
@@ -306,6 +307,7 @@ fn info_of(
             "id": model_id,
             "path": model.display().to_string(),
             "size_bytes": std::fs::metadata(model).map(|m| m.len()).unwrap_or(0),
+            "adapter": config.runtime.adapter.as_ref().map(|a| a.display().to_string()),
         },
         "shard": shard.as_ref().map(|d| json!({
             "path": d.display().to_string(),
@@ -313,6 +315,7 @@ fn info_of(
             "meta": shard_meta,
         })),
         "python": config.runtime.python.as_str(),
+        "prompt": config.run.template_name,
         "sessions": sessions,
         "sessions_why": why,
         "threads_per_session": threads,

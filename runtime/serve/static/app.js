@@ -378,6 +378,8 @@ function openAbout() {
     ['Version', info.version],
     ['Model', `${info.model.id} (${mb(info.model.size_bytes)})`],
     ['Model file', info.model.path],
+    ['Adapter', info.model.adapter || 'none'],
+    ['Prompt', info.prompt],
     ['Shard', info.shard ? `${info.shard.path} (${mb(info.shard.size_bytes)})` : 'none (no web_search)'],
     ['Interpreter', info.python],
     ['Sessions', `${info.sessions} (${info.sessions_why}), ${info.threads_per_session} threads each, queue ${info.queue}`],

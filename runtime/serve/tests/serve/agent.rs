@@ -8,7 +8,7 @@ use std::{
 use serde_json::{json, Value};
 
 use crate::common::{
-    endless_run, forced, post_json, read_sse, run_all, shared, start_run, Server, Sse,
+    endless_run, forced, get_json, post_json, read_sse, run_all, shared, start_run, Server, Sse,
 };
 
 fn events_named<'a>(all: &'a [Sse], name: &str) -> Vec<&'a Sse> {
@@ -189,7 +189,11 @@ fn searched_passages_are_listed_as_sources() {
 /// conversation has neither.
 #[test]
 fn follow_ups_continue_the_conversation() {
-    let s = shared();
+    // A server of its own: on the shared one, another test's run may take the session
+    // that holds this conversation between its two questions (the server then starts the
+    // follow-up afresh and says so with `continued: false`, as the page shows).
+    let server = Server::start(&["--sessions", "1"]);
+    let s = &server;
     let conv = format!("test-{}", std::process::id());
     let first = run_all(
         s,
@@ -366,4 +370,44 @@ fn a_client_that_disconnects_cancels_its_run() {
     );
     assert_eq!(status, 200);
     assert_eq!(run["answer"], "42", "{run}");
+}
+
+/// `--prompt` gives the agent another prompt template (a distilled student's): the run's
+/// system message is that file's, `/v1/info` names it, and a file that is not a template
+/// is refused at start-up with exit 2 and the flag named.
+#[test]
+fn a_prompt_file_replaces_the_agents_prompt() {
+    let student = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/prompts/student.toml"
+    );
+    let template = small_agent::agent::PromptTemplate::from_file(student.as_ref()).unwrap();
+    let builtin = small_agent::agent::PromptTemplate::builtin();
+    assert_ne!(template.system, builtin.system);
+    let s = Server::start(&["--sessions", "1", "--prompt", student]);
+    let info = get_json(&s.url("/v1/info"));
+    assert_eq!(info["prompt"], student, "{info}");
+    let (status, run) = post_json(
+        &s.url("/v1/agent/runs"),
+        &json!({"question": "What is 6 times 7?", "stream": false,
+                "grammar_gbnf": forced("final_answer(6 * 7)")}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(run["answer"], "42", "{run}");
+    let system = run["messages"][0]["content"].as_str().unwrap_or_default();
+    // Each template's opening words, up to its first placeholder.
+    let opening = |t: &str| t.trim().split('{').next().unwrap().to_owned();
+    assert!(system.starts_with(&opening(&template.system)), "{system}");
+    assert!(!system.contains(&opening(&builtin.system)), "{system}");
+
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad.path(), "system = \"no placeholders\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_small-agent-serve"))
+        .args(["--port", "0", "--prompt"])
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--prompt"), "{err}");
 }

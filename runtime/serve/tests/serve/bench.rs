@@ -26,7 +26,7 @@ const QUESTIONS: [(&str, &str); 8] = [
 ];
 
 fn through_server(sessions: usize) -> f64 {
-    let s = Server::start(&["--sessions", &sessions.to_string(), "--queue", "16"]);
+    let s = Server::start_sharing_cores(&["--sessions", &sessions.to_string(), "--queue", "16"]);
     let next = Arc::new(Mutex::new(0usize));
     let url = s.url("/v1/agent/runs");
     let t0 = Instant::now();

@@ -20,13 +20,33 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the server with `args` (plus `--port 0`) and waits until it listens.
+    /// Starts the server with `args` (plus `--port 0`, and `--threads 1` unless `args` set
+    /// threads) and waits until it listens.
+    ///
+    /// One decoding thread per session: the test harness runs several servers (and other
+    /// tests' models) at once, and ggml's worker threads spin at every barrier of a graph,
+    /// so two multi-threaded models on the same cores wait out each other's time slices at
+    /// every one of a token's ~1,500 barriers. One thread has no barriers.
     pub fn start(args: &[&str]) -> Server {
         Self::start_with_env(args, &[])
     }
 
+    /// [`Server::start`] with the cores shared out over the sessions as a user's server
+    /// does (the benchmarks, which run alone).
+    pub fn start_sharing_cores(args: &[&str]) -> Server {
+        Self::spawn(args, &[])
+    }
+
     /// [`Server::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut all = args.to_vec();
+        if !args.iter().any(|a| *a == "--threads" || *a == "-t") {
+            all.extend(["--threads", "1"]);
+        }
+        Self::spawn(&all, env)
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_small-agent-serve"));
         cmd.args(["--port", "0"])
             .args(args)
