@@ -363,6 +363,8 @@ fn ask_follows_a_grammar_file() {
             "--greedy",
             "--max-steps",
             "1",
+            "--threads",
+            "1",
             "--json",
             "--grammar-file",
         ])

@@ -63,7 +63,14 @@ fn a_greedy_remote_step_equals_the_local_engine_step() {
     let out = Command::cargo_bin("small-agent")
         .unwrap()
         .env("RUST_LOG", "warn")
-        .args(["ask", "--json", "--as-is", "--llama-logits"])
+        .args([
+            "ask",
+            "--json",
+            "--as-is",
+            "--llama-logits",
+            "--threads",
+            "1",
+        ])
         .args(flags)
         .arg(question)
         .output()
