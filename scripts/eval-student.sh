@@ -2,11 +2,15 @@
 # The student's evaluation (issue #22's table): the agent with the step grammar, greedy N=1,
 # on the held-out sets, each question searching its own paragraphs where it has them.
 #   scripts/eval-student.sh OUT_DIR LIMIT [eval flags...]
-# e.g. the base:     scripts/eval-student.sh runs/base 20
-#      the student:  scripts/eval-student.sh runs/student 20 --adapter models/students/ADAPTER.gguf \
-#                      --prompt models/prompts/student.toml
+# e.g. the built-in student:   scripts/eval-student.sh runs/student 20 --student agent-smollm2-135m
+#      the undistilled base:                 scripts/eval-student.sh runs/base 20 --base
+#      another adapter (a new checkpoint):   scripts/eval-student.sh runs/s100 20 \
+#                      --adapter ADAPTER.gguf --prompt models/prompts/student.toml
+#      a CoT-distilled adapter:            MODES=cot scripts/eval-student.sh runs/cot 20 \
+#                      --adapter COT_ADAPTER.gguf
 # SETS (default "hotpotqa-distractor gsm-hard hipporag-musique math500") picks the sets;
-# MODES (default "grammar") may add "sag8" and "nogrammar" rows. Re-running resumes.
+# MODES (default "grammar") may add "sag8" and "nogrammar" agent rows, or "cot" (one
+# chain-of-thought reply, models/prompts/eval-cot.toml). Re-running resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: scripts/eval-student.sh OUT_DIR LIMIT [eval flags...]}
@@ -18,16 +22,17 @@ MODES=${MODES:-grammar}
 mkdir -p "$OUT"
 for mode in $MODES; do
   case $mode in
-    grammar) flags=(--grammar --sag 1) ;;
-    nogrammar) flags=(--no-grammar --sag 1) ;;
-    sag8) flags=(--grammar --sag 8) ;;
-    *) echo "eval-student.sh: unknown mode $mode (grammar, nogrammar, sag8)" >&2; exit 2 ;;
+    grammar) flags=(--mode agent --grammar --sag 1) ;;
+    nogrammar) flags=(--mode agent --no-grammar --sag 1) ;;
+    sag8) flags=(--mode agent --grammar --sag 8) ;;
+    cot) flags=(--mode cot) ;;
+    *) echo "eval-student.sh: unknown mode $mode (grammar, nogrammar, sag8, cot)" >&2; exit 2 ;;
   esac
   for set in $SETS; do
     corpus=()
-    case $set in hotpotqa-distractor|hipporag-*) corpus=(--corpus own) ;; esac
+    case $mode:$set in cot:*) ;; *:hotpotqa-distractor|*:hipporag-*) corpus=(--corpus own) ;; esac
     t0=$(date +%s)
-    "$BIN" eval --dataset "$set" "${corpus[@]}" --mode agent "${flags[@]}" --limit "$LIMIT" \
+    "$BIN" eval --dataset "$set" "${corpus[@]}" "${flags[@]}" --limit "$LIMIT" \
       --resume --out "$OUT/$set-$mode" "$@" >"$OUT/$set-$mode.table.md" 2>>"$OUT/$set-$mode.log" || {
       echo "run $set-$mode failed (see $OUT/$set-$mode.log)" >&2; exit 1; }
     echo "$set-$mode $LIMIT $(( $(date +%s) - t0 ))" >>"$OUT/wall-times.txt"

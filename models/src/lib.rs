@@ -22,6 +22,9 @@ use sha2::{Digest, Sha256};
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtin.rs"));
 }
+mod student;
+
+pub use student::{Student, StudentManifest};
 
 /// Environment variable naming the cache directory (default `~/.cache/small-agent`).
 pub const HOME_ENV: &str = "SMALL_AGENT_HOME";
@@ -122,6 +125,25 @@ pub enum Error {
         path: PathBuf,
         /// The OS error.
         source: io::Error,
+    },
+    /// A built-in student does not match its manifest (a build from a changed checkout).
+    #[error(
+        "the built-in student `{name}` is inconsistent: {reason}; rebuild from a clean \
+         checkout, or run the base model with --base"
+    )]
+    StudentInvalid {
+        /// The student.
+        name: String,
+        /// What does not match.
+        reason: String,
+    },
+    /// `--student NAME` names no built-in student.
+    #[error("no student called `{name}` is built in (built in: {known}); see models/students/")]
+    UnknownStudent {
+        /// The name asked for.
+        name: String,
+        /// The built-in students' names.
+        known: String,
     },
     /// The wheel is not a readable zip archive.
     #[error("cannot read package archive {path}: {source}; delete it and retry")]

@@ -39,6 +39,67 @@ pub fn default_model_path() -> Result<PathBuf, AssetError> {
     Ok(Store::from_env()?.primary_path(catalog.require(DEFAULT_LLM)?))
 }
 
+/// A built-in distilled student, ready to run on the default model: its adapter (written
+/// into the cache from the binary on first use) and its prompt.
+#[derive(Debug, Clone)]
+pub struct InstalledStudent {
+    /// The student's name (`models/students/<name>.toml`).
+    pub name: String,
+    /// The adapter GGUF in the cache.
+    pub adapter: PathBuf,
+    /// The prompt template it was trained with.
+    pub template: crate::agent::PromptTemplate,
+    /// The template's TOML text, for records.
+    pub prompt_text: String,
+    /// Where the template came from (`models/prompts/<file>`), for records.
+    pub prompt_name: String,
+}
+
+/// The built-in student marked as the default (what `ask`, `eval` and `serve` run unless
+/// told otherwise), installed into the cache; `None` when this build marks none.
+pub fn default_student() -> Result<Option<InstalledStudent>, AssetError> {
+    small_agent_models::Student::default_student()?
+        .map(install)
+        .transpose()
+}
+
+/// The built-in student called `name` (`--student NAME`), installed into the cache.
+pub fn student(name: &str) -> Result<InstalledStudent, AssetError> {
+    install(small_agent_models::Student::named(name)?)
+}
+
+/// Checks the student against the default model and writes its adapter into the cache. A
+/// student trained on another base than the default model is an error (a stale build).
+fn install(student: small_agent_models::Student) -> Result<InstalledStudent, AssetError> {
+    let m = &student.manifest;
+    if m.base != DEFAULT_LLM {
+        return Err(small_agent_models::Error::StudentInvalid {
+            name: m.name.clone(),
+            reason: format!(
+                "it was trained on {}, the default model is {DEFAULT_LLM}",
+                m.base
+            ),
+        }
+        .into());
+    }
+    let prompt_name = format!("models/prompts/{}", m.prompt);
+    let template =
+        crate::agent::PromptTemplate::parse(&prompt_name, student.prompt_text).map_err(|e| {
+            small_agent_models::Error::StudentInvalid {
+                name: m.name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+    let adapter = Store::from_env()?.install_student(&student)?;
+    Ok(InstalledStudent {
+        name: m.name.clone(),
+        adapter,
+        template,
+        prompt_text: student.prompt_text.to_owned(),
+        prompt_name,
+    })
+}
+
 /// Directory of the default knowledge shard.
 pub fn default_shard_dir() -> Result<PathBuf, AssetError> {
     Ok(Store::from_env()?.home().join("shards").join(DEFAULT_SHARD))

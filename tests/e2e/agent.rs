@@ -258,6 +258,22 @@ fn only_the_winning_candidates_effects_reach_the_session() {
 }
 
 #[test]
+fn an_out_of_steps_reply_in_the_step_format_answers_with_its_final_answer() {
+    use small_agent::agent::fallback_answer;
+    let python = assets::python_backend(Flavour::Full).unwrap();
+    let mut py = python.open(Default::default()).unwrap();
+    py.exec("found = 'Eenasul Fateh'");
+    // The student's reply when its steps ran out (eval, hotpotqa-distractor): the answer is
+    // the value final_answer receives, computed from the session's variables.
+    let step = "Thought: The search named him.\nCode:\n```py\nfinal_answer(found)\n```<end_code>";
+    assert_eq!(fallback_answer(step, &mut py), "Eenasul Fateh");
+    // Code without final_answer, or plain words: the reply's text is the answer.
+    let no_answer = "Thought: Let me look.\nCode:\n```py\nprint(found)\n```<end_code>";
+    assert_eq!(fallback_answer(no_answer, &mut py), no_answer);
+    assert_eq!(fallback_answer("  Paris\n", &mut py), "Paris");
+}
+
+#[test]
 fn a_package_one_candidate_imports_is_loaded_once_for_the_later_forks() {
     use small_agent::agent::execute_candidates;
     use small_agent_sandbox::{Limits, SessionOptions, DEFAULT_ALLOWED_IMPORTS};

@@ -325,6 +325,8 @@ fn ask_overflowing_mid_run_fails_and_keeps_the_partial_trajectory() {
             "--greedy",
             "--ctx-size",
             "560",
+            // The base model's long prompt and steps: the student ends before the overflow.
+            "--base",
             "--trajectory",
         ])
         .arg(&traj)
@@ -386,6 +388,100 @@ fn ask_follows_a_grammar_file() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("/nonexistent/forced.gbnf"));
+}
+
+/// `ask --student NAME` runs a built-in distilled student: its adapter (installed into the
+/// cache from the binary) on the default model, and its own prompt; without the flag `ask`
+/// runs the student its manifest marks as the default, if any, and `--base` the bare model
+/// with the default prompt; an unknown name, or a student beside `--adapter`, is a usage error.
+#[test]
+fn ask_student_runs_a_built_in_student_and_base_the_bare_model() {
+    crate::default_model_path();
+    let dir = tempfile::tempdir().unwrap();
+    let grammar = dir.path().join("forced.gbnf");
+    std::fs::write(
+        &grammar,
+        "root ::= \"Thought: I multiply.\\nCode:\\n```py\\nfinal_answer(6 * 7)\\n```<end_code>\"\n",
+    )
+    .unwrap();
+    let prompts = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/prompts");
+    let opening = |file: &str| {
+        let t = small_agent::agent::PromptTemplate::from_file(
+            std::path::Path::new(prompts).join(file).as_ref(),
+        )
+        .unwrap();
+        t.system.trim().split('{').next().unwrap().to_owned()
+    };
+    let (student, default) = (opening("student.toml"), opening("agent-default.toml"));
+    assert_ne!(student, default);
+    let ask = |extra: &[&str]| {
+        let out = cmd()
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .args([
+                "ask",
+                "--greedy",
+                "--max-steps",
+                "1",
+                "--threads",
+                "1",
+                "--json",
+            ])
+            .args(extra)
+            .arg("--grammar-file")
+            .arg(&grammar)
+            .arg("What is 6 times 7?")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let run = json_of(&out);
+        assert_eq!(run["answer"], "42", "{run}");
+        let system = run["messages"][0]["content"].as_str().unwrap().to_owned();
+        (system, stderr)
+    };
+    let (system, log) = ask(&["--student", "agent-smollm2-135m"]);
+    assert!(system.starts_with(&student), "{system}");
+    assert!(log.contains("student=agent-smollm2-135m"), "{log}");
+    let adapter = log
+        .split("adapter=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no adapter in the log: {log}"));
+    assert!(adapter.contains("agent-smollm2-135m"), "{log}");
+    // Without a flag: the student marked as the default in its manifest, else the base.
+    let marked = small_agent::assets::default_student().unwrap();
+    let (system, log) = ask(&[]);
+    match &marked {
+        Some(s) => assert!(log.contains(&format!("student={}", s.name)), "{log}"),
+        None => {
+            assert!(system.starts_with(&default), "{system}");
+            assert!(!log.contains("student="), "{log}");
+        }
+    }
+    let (system, log) = ask(&["--base"]);
+    assert!(system.starts_with(&default), "{system}");
+    assert!(!log.contains("student="), "{log}");
+    cmd()
+        .args(["ask", "--base", "--adapter", "x.gguf", "hi"])
+        .assert()
+        .code(2);
+    cmd()
+        .args([
+            "ask",
+            "--student",
+            "agent-smollm2-135m",
+            "--adapter",
+            "x.gguf",
+            "hi",
+        ])
+        .assert()
+        .code(2);
+    cmd()
+        .args(["ask", "--student", "no-such-student", "hi"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("agent-smollm2-135m"));
 }
 
 #[test]

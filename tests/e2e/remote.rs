@@ -70,6 +70,8 @@ fn a_greedy_remote_step_equals_the_local_engine_step() {
             "--llama-logits",
             "--threads",
             "1",
+            // The server runs the bare base model.
+            "--base",
         ])
         .args(flags)
         .arg(question)

@@ -59,11 +59,19 @@ struct Args {
     /// Let the model write freely by default (no step grammar)
     #[arg(long)]
     no_grammar: bool,
-    /// The agent's prompt template (TOML, as `small-agent ask --prompt`), e.g.
-    /// models/prompts/student.toml for a distilled student [default: the built-in
+    /// The agent's prompt template (TOML, as `small-agent ask --prompt`) [default: the
+    /// student's own prompt when the default student runs, else the built-in
     /// models/prompts/agent-default.toml]
     #[arg(long, value_name = "FILE")]
     prompt: Option<PathBuf>,
+    /// Run a built-in distilled student: its LoRA adapter on the default model, with the
+    /// prompt it was trained with (as `small-agent ask --student`)
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["adapter", "model", "base"])]
+    student: Option<String>,
+    /// Run the undistilled base model with the default prompt, even where a distilled
+    /// student is marked as the default
+    #[arg(long, conflicts_with = "adapter")]
+    base: bool,
     /// GGUF model file [default: the fetched default model]
     #[arg(long, short = 'm', env = "SMALL_AGENT_MODEL", value_name = "PATH")]
     model: Option<PathBuf>,
@@ -184,17 +192,31 @@ fn run(a: Args) -> Result<()> {
         return Err(UsageError("--timeout must be positive".into()).into());
     }
     let api_key = a.api_key_file.as_deref().map(read_key).transpose()?;
-    let (template, template_name) = match &a.prompt {
-        Some(p) => (
+    // --student, else the default student unless --base, --model or --adapter chose otherwise.
+    let student = match &a.student {
+        Some(name) => Some(
+            small_agent::assets::student(name)
+                .map_err(|e| UsageError(format!("--student {name}: {e}")))?,
+        ),
+        None if a.base || a.model.is_some() || a.adapter.is_some() => None,
+        None => small_agent::assets::default_student()
+            .map_err(|e| UsageError(format!("the default student: {e}")))?,
+    };
+    let (template, template_name) = match (&a.prompt, &student) {
+        (Some(p), _) => (
             small_agent::agent::PromptTemplate::from_file(p)
                 .map_err(|e| UsageError(format!("--prompt: {e}")))?,
             p.display().to_string(),
         ),
-        None => {
+        (None, Some(s)) => (s.template.clone(), s.prompt_name.clone()),
+        (None, None) => {
             let d = RunDefaults::default();
             (d.template, d.template_name)
         }
     };
+    let adapter = a
+        .adapter
+        .or_else(|| student.as_ref().map(|s| s.adapter.clone()));
     let config = ServeConfig {
         host: a.host,
         port: a.port,
@@ -216,7 +238,7 @@ fn run(a: Args) -> Result<()> {
         },
         runtime: RuntimeConfig {
             model: a.model,
-            adapter: a.adapter,
+            adapter,
             shard: if a.no_index {
                 ShardChoice::None
             } else {

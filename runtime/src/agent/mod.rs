@@ -667,12 +667,22 @@ impl<'m> Agent<'m> {
             .messages
             .push(ChatMessage::new("assistant", c.text.trim()));
         state.fallback = Some(c.stats);
-        let answer = c.text.trim().to_owned();
+        let answer = fallback_answer(&c.text, py);
         if !answer.is_empty() {
             state.answer = Some((answer, "fallback"));
         }
         Ok(())
     }
+}
+
+/// The answer in a reply to the out-of-steps request. A model trained on the step format
+/// often replies with one more step that calls `final_answer`: its code runs in the session
+/// (the variables it names are there) and the value passed is the answer; otherwise the
+/// reply's text is.
+pub fn fallback_answer(reply: &str, py: &mut PySession) -> String {
+    protocol::extract_code(reply)
+        .and_then(|code| py.exec(&code).final_answer.as_ref().map(answer_text))
+        .unwrap_or_else(|| reply.trim().to_owned())
 }
 
 /// A run in the layout of the paper's released trajectories: `question`,

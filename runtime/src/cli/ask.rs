@@ -5,8 +5,8 @@ use std::{io::Write, path::PathBuf, process::ExitCode, sync::Arc};
 use anyhow::Result;
 use clap::Args;
 use small_agent::agent::{
-    agent_toolbox, trajectory_record, Agent, AgentConfig, AgentEvent, AgentRun, PromptTemplate,
-    SearchFn, StepRecord, DEFAULT_SAG,
+    agent_toolbox, trajectory_record, Agent, AgentConfig, AgentEvent, AgentRun, SearchFn,
+    StepRecord, DEFAULT_SAG,
 };
 
 use super::{
@@ -59,15 +59,20 @@ pub fn run(args: AskArgs) -> Result<ExitCode> {
         ),
         None => args.agent.step_grammar(),
     };
+    // A remote model is what the server runs: no local student.
+    let student = if args.remote.model_url.is_some() {
+        None
+    } else {
+        args.model.student(&args.agent)?
+    };
+    let (template, _, _) = args.agent.template(student.as_ref())?;
     let mut config = AgentConfig {
         max_steps: args.agent.max_steps.max(1),
         grammar,
         limits: args.sandbox.limits(),
+        template,
         ..AgentConfig::default()
     };
-    if let Some(p) = &args.agent.prompt {
-        config.template = PromptTemplate::from_file(p)?;
-    }
     if !args.greedy {
         config = config.with_sag(args.agent.sag_or(DEFAULT_SAG));
     }
@@ -88,7 +93,7 @@ pub fn run(args: AskArgs) -> Result<ExitCode> {
     let mut agent = match args.remote.connect()? {
         Some(remote) => Agent::with_model(Box::new(remote), python, tools, config),
         None => {
-            local = args.model.load()?;
+            local = args.model.load_for(student.as_ref())?;
             let mut session = args.context.session_params();
             session.n_ctx = config.context_size(session.n_ctx);
             Agent::new(&local, &session, python, tools, config)?

@@ -14,7 +14,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use small_agent::{
-    agent::{agent_toolbox, Agent, AgentConfig, PromptTemplate, SearchFn},
+    agent::{agent_toolbox, Agent, AgentConfig, SearchFn},
     evaluate::{self, AgentAnswerer, Answerer, CotAnswerer, Judge, Mode},
     Model, SamplingParams,
 };
@@ -391,18 +391,9 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
     };
 
     // Prompts and sampling.
-    let (agent_template, agent_template_text, agent_template_name) = match &a.agent.prompt {
-        Some(p) => (
-            PromptTemplate::from_file(p)?,
-            super::read_file_arg(p, "prompt template")?,
-            p.display().to_string(),
-        ),
-        None => (
-            PromptTemplate::builtin(),
-            small_agent::agent::prompt::DEFAULT_TEMPLATE.to_owned(),
-            "models/prompts/agent-default.toml".to_owned(),
-        ),
-    };
+    let student = a.model.student(&a.agent)?;
+    let (agent_template, agent_template_text, agent_template_name) =
+        a.agent.template(student.as_ref())?;
     let (cot_prompts, cot_text, cot_name) = match &a.cot_prompt {
         Some(p) => {
             let t = read_prompt_file(p).map_err(|e| UsageError(e.to_string()))?;
@@ -456,6 +447,16 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
     let model_path = a.model.path()?;
     let model_sha = small_agent_eval::sha256_file(&model_path)
         .map_err(|e| UsageError(format!("cannot read model {}: {e}", model_path.display())))?;
+    // The adapter is part of the model: a resumed run must use the same one.
+    let adapter_record = match a.model.adapter_for(student.as_ref()) {
+        Some(p) => json!({
+            "path": p,
+            "sha256": small_agent_eval::sha256_file(&p)
+                .map_err(|e| UsageError(format!("cannot read adapter {}: {e}", p.display())))?,
+            "student": student.as_ref().map(|s| s.name.clone()),
+        }),
+        None => Value::Null,
+    };
     let judge_record = match &a.judge {
         Some(p) => json!({
             "path": p,
@@ -480,7 +481,7 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
         })).collect::<Vec<_>>(),
         "kind_override": a.kind,
         "limit": a.limit,
-        "model": {"path": model_path, "sha256": model_sha},
+        "model": {"path": model_path, "sha256": model_sha, "adapter": adapter_record},
         "judge": judge_record,
         "shard": shard_record,
         "prompt": match mode {
@@ -539,7 +540,7 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
     }
 
     // Models, sandbox, answerer.
-    let model = Model::load(&model_path)?;
+    let model = a.model.load_for(student.as_ref())?;
     let judge_model = match &a.judge {
         Some(p) => Some(Model::load(p)?),
         None => None,

@@ -16,6 +16,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use small_agent::{
+    assets::InstalledStudent,
     chat::{RemoteChat, RemoteConfig},
     engine::{self, default_threads, LoadOptions},
     EngineError, Model, SamplingParams, SessionParams,
@@ -217,8 +218,35 @@ impl ModelArgs {
         Ok(small_agent::assets::default_model_path()?)
     }
 
-    /// Loads the model.
+    /// The distilled student an agent command runs: `--student NAME`, else the built-in
+    /// default student (if this build marks one) unless `base` (`--base`), `--model` or
+    /// `--adapter` chose otherwise.
+    pub fn student(&self, agent: &AgentArgs) -> Result<Option<InstalledStudent>> {
+        let student = match &agent.student {
+            Some(name) => Some(small_agent::assets::student(name)?),
+            None if agent.base || self.model.is_some() || self.adapter.is_some() => None,
+            None => small_agent::assets::default_student()?,
+        };
+        if let Some(s) = &student {
+            tracing::info!(student = %s.name, adapter = %s.adapter.display(), "student");
+        }
+        Ok(student)
+    }
+
+    /// The adapter to apply: `--adapter`, else the student's.
+    pub fn adapter_for(&self, student: Option<&InstalledStudent>) -> Option<PathBuf> {
+        self.adapter
+            .clone()
+            .or_else(|| student.map(|s| s.adapter.clone()))
+    }
+
+    /// Loads the model (with `--adapter`, if given).
     pub fn load(&self) -> Result<Model> {
+        self.load_for(None)
+    }
+
+    /// Loads the model with `--adapter`, else the student's adapter.
+    pub fn load_for(&self, student: Option<&InstalledStudent>) -> Result<Model> {
         let path = self.path()?;
         let t = std::time::Instant::now();
         let options = if self.as_is {
@@ -226,7 +254,7 @@ impl ModelArgs {
         } else {
             LoadOptions::default()
         }
-        .with_adapter(self.adapter.clone());
+        .with_adapter(self.adapter_for(student));
         let model = Model::load_with(&path, &options)?;
         tracing::info!(
             path = %path.display(),
@@ -357,12 +385,47 @@ pub struct AgentArgs {
     /// Random seed of the sampling (candidate i uses seed + i)
     #[arg(long, default_value_t = engine::DEFAULT_SEED, value_name = "S")]
     pub seed: u32,
-    /// Agent prompt template (TOML, see models/prompts/agent-default.toml)
+    /// Agent prompt template (TOML, see models/prompts/agent-default.toml) [default: the
+    /// student's own prompt (models/prompts/student.toml) when a distilled student runs,
+    /// else agent-default.toml]
     #[arg(long, value_name = "FILE")]
     pub prompt: Option<PathBuf>,
+    /// Run a built-in distilled student: its LoRA adapter on the default model, with the
+    /// prompt it was trained with (models/students/NAME.toml; e.g. agent-smollm2-135m)
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["adapter", "model", "base"])]
+    pub student: Option<String>,
+    /// Run the undistilled base model with the default prompt, even where a distilled
+    /// student is marked as the default
+    #[arg(long, conflicts_with = "adapter")]
+    pub base: bool,
 }
 
 impl AgentArgs {
+    /// The prompt template: `--prompt FILE`, else the student's, else the built-in one;
+    /// with its text and where it came from (for records).
+    pub fn template(
+        &self,
+        student: Option<&InstalledStudent>,
+    ) -> Result<(small_agent::agent::PromptTemplate, String, String)> {
+        Ok(match (&self.prompt, student) {
+            (Some(p), _) => (
+                small_agent::agent::PromptTemplate::from_file(p)?,
+                read_file_arg(p, "prompt template")?,
+                p.display().to_string(),
+            ),
+            (None, Some(s)) => (
+                s.template.clone(),
+                s.prompt_text.clone(),
+                s.prompt_name.clone(),
+            ),
+            (None, None) => (
+                small_agent::agent::PromptTemplate::builtin(),
+                small_agent::agent::prompt::DEFAULT_TEMPLATE.to_owned(),
+                "models/prompts/agent-default.toml".to_owned(),
+            ),
+        })
+    }
+
     /// Candidates per step, with the command's own default.
     pub fn sag_or(&self, default: usize) -> usize {
         self.sag.unwrap_or(default)

@@ -372,33 +372,70 @@ fn a_client_that_disconnects_cancels_its_run() {
     assert_eq!(run["answer"], "42", "{run}");
 }
 
-/// `--prompt` gives the agent another prompt template (a distilled student's): the run's
-/// system message is that file's, `/v1/info` names it, and a file that is not a template
-/// is refused at start-up with exit 2 and the flag named.
+/// `--prompt` gives the agent another prompt template: the run's system message is that
+/// file's (here the base model's default prompt, where the default student has its own),
+/// `/v1/info` names it, and a file that is not a template is refused at start-up with exit
+/// 2 and the flag named.
 #[test]
 fn a_prompt_file_replaces_the_agents_prompt() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/prompts/agent-default.toml"
+    );
+    let template = small_agent::agent::PromptTemplate::from_file(file.as_ref()).unwrap();
     let student = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../models/prompts/student.toml"
     );
-    let template = small_agent::agent::PromptTemplate::from_file(student.as_ref()).unwrap();
-    let builtin = small_agent::agent::PromptTemplate::builtin();
-    assert_ne!(template.system, builtin.system);
-    let s = Server::start(&["--sessions", "1", "--prompt", student]);
-    let info = get_json(&s.url("/v1/info"));
-    assert_eq!(info["prompt"], student, "{info}");
-    let (status, run) = post_json(
-        &s.url("/v1/agent/runs"),
-        &json!({"question": "What is 6 times 7?", "stream": false,
-                "grammar_gbnf": forced("final_answer(6 * 7)")}),
-    );
-    assert_eq!(status, 200);
-    assert_eq!(run["answer"], "42", "{run}");
-    let system = run["messages"][0]["content"].as_str().unwrap_or_default();
+    let student = small_agent::agent::PromptTemplate::from_file(student.as_ref()).unwrap();
     // Each template's opening words, up to its first placeholder.
     let opening = |t: &str| t.trim().split('{').next().unwrap().to_owned();
+    assert_ne!(opening(&template.system), opening(&student.system));
+    let system_of = |s: &Server| {
+        let (status, run) = post_json(
+            &s.url("/v1/agent/runs"),
+            &json!({"question": "What is 6 times 7?", "stream": false,
+                    "grammar_gbnf": forced("final_answer(6 * 7)")}),
+        );
+        assert_eq!(status, 200);
+        assert_eq!(run["answer"], "42", "{run}");
+        run["messages"][0]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // The default: the prompt of the student the manifests mark as the default, else the
+    // built-in one.
+    let marked = small_agent::assets::default_student().unwrap();
+    let system = system_of(shared());
+    let expected = if marked.is_some() {
+        &student
+    } else {
+        &template
+    };
+    assert!(system.starts_with(&opening(&expected.system)), "{system}");
+    // --student: its adapter and its own prompt; --prompt replaces the prompt.
+    let s = Server::start(&["--sessions", "1", "--student", "agent-smollm2-135m"]);
+    let info = get_json(&s.url("/v1/info"));
+    let adapter = info["model"]["adapter"].as_str().unwrap_or_default();
+    assert!(adapter.contains("agent-smollm2-135m"), "{info}");
+    assert_eq!(info["prompt"], "models/prompts/student.toml", "{info}");
+    let system = system_of(&s);
+    assert!(system.starts_with(&opening(&student.system)), "{system}");
+    drop(s);
+    let s = Server::start(&[
+        "--sessions",
+        "1",
+        "--student",
+        "agent-smollm2-135m",
+        "--prompt",
+        file,
+    ]);
+    let info = get_json(&s.url("/v1/info"));
+    assert_eq!(info["prompt"], file, "{info}");
+    let system = system_of(&s);
     assert!(system.starts_with(&opening(&template.system)), "{system}");
-    assert!(!system.contains(&opening(&builtin.system)), "{system}");
+    assert!(!system.contains(&opening(&student.system)), "{system}");
 
     let bad = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bad.path(), "system = \"no placeholders\"\n").unwrap();
