@@ -346,6 +346,17 @@ fn ask_overflowing_mid_run_fails_and_keeps_the_partial_trajectory() {
     );
 }
 
+/// A grammar file that admits one step only: `final_answer(6 * 7)`.
+fn six_times_seven_grammar(dir: &std::path::Path) -> std::path::PathBuf {
+    let grammar = dir.join("forced.gbnf");
+    std::fs::write(
+        &grammar,
+        "root ::= \"Thought: I multiply.\\nCode:\\n```py\\nfinal_answer(6 * 7)\\n```<end_code>\"\n",
+    )
+    .unwrap();
+    grammar
+}
+
 /// `--grammar-file` replaces the step grammar: a grammar that admits one step forcing
 /// `final_answer(6 * 7)` makes the real model write it and the sandbox answer 42; a missing
 /// file is a usage error naming it.
@@ -353,12 +364,7 @@ fn ask_overflowing_mid_run_fails_and_keeps_the_partial_trajectory() {
 fn ask_follows_a_grammar_file() {
     crate::default_model_path();
     let dir = tempfile::tempdir().unwrap();
-    let grammar = dir.path().join("forced.gbnf");
-    std::fs::write(
-        &grammar,
-        "root ::= \"Thought: I multiply.\\nCode:\\n```py\\nfinal_answer(6 * 7)\\n```<end_code>\"\n",
-    )
-    .unwrap();
+    let grammar = six_times_seven_grammar(dir.path());
     let out = cmd()
         .args([
             "ask",
@@ -398,12 +404,7 @@ fn ask_follows_a_grammar_file() {
 fn ask_student_runs_a_built_in_student_and_base_the_bare_model() {
     crate::default_model_path();
     let dir = tempfile::tempdir().unwrap();
-    let grammar = dir.path().join("forced.gbnf");
-    std::fs::write(
-        &grammar,
-        "root ::= \"Thought: I multiply.\\nCode:\\n```py\\nfinal_answer(6 * 7)\\n```<end_code>\"\n",
-    )
-    .unwrap();
+    let grammar = six_times_seven_grammar(dir.path());
     let prompts = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/prompts");
     let opening = |file: &str| {
         let t = small_agent::agent::PromptTemplate::from_file(

@@ -363,6 +363,11 @@ fn a_client_that_disconnects_cancels_its_run() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    six_times_seven(&s);
+}
+
+/// A forced one-step run that answers 42; the whole run as JSON.
+fn six_times_seven(s: &Server) -> Value {
     let (status, run) = post_json(
         &s.url("/v1/agent/runs"),
         &json!({"question": "What is 6 times 7?", "stream": false,
@@ -370,6 +375,7 @@ fn a_client_that_disconnects_cancels_its_run() {
     );
     assert_eq!(status, 200);
     assert_eq!(run["answer"], "42", "{run}");
+    run
 }
 
 /// `--prompt` gives the agent another prompt template: the run's system message is that
@@ -392,14 +398,7 @@ fn a_prompt_file_replaces_the_agents_prompt() {
     let opening = |t: &str| t.trim().split('{').next().unwrap().to_owned();
     assert_ne!(opening(&template.system), opening(&student.system));
     let system_of = |s: &Server| {
-        let (status, run) = post_json(
-            &s.url("/v1/agent/runs"),
-            &json!({"question": "What is 6 times 7?", "stream": false,
-                    "grammar_gbnf": forced("final_answer(6 * 7)")}),
-        );
-        assert_eq!(status, 200);
-        assert_eq!(run["answer"], "42", "{run}");
-        run["messages"][0]["content"]
+        six_times_seven(s)["messages"][0]["content"]
             .as_str()
             .unwrap_or_default()
             .to_owned()
