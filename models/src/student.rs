@@ -65,68 +65,69 @@ impl Student {
     /// Every student of `models/students/`, embedded at build time, each checked against its
     /// manifest (adapter size and sha256, prompt present).
     pub fn builtin() -> Result<Vec<Student>> {
-        builtin::STUDENT_MANIFESTS
+        manifests()?.into_iter().map(Student::checked).collect()
+    }
+
+    /// The student of `manifest`, its adapter checked against it. Hashing an adapter takes
+    /// tens of milliseconds, so only the student a command runs is checked.
+    fn checked(manifest: StudentManifest) -> Result<Student> {
+        let adapter_bytes = builtin::STUDENT_ADAPTERS
             .iter()
-            .map(|(file, text)| {
-                let manifest: StudentManifest =
-                    toml::from_str(text).map_err(|source| Error::Manifest {
-                        file: format!("students/{file}"),
-                        source,
-                    })?;
-                let adapter_bytes = builtin::STUDENT_ADAPTERS
-                    .iter()
-                    .find(|(f, _)| *f == manifest.adapter)
-                    .map(|(_, b)| *b)
-                    .ok_or_else(|| Error::StudentInvalid {
-                        name: manifest.name.clone(),
-                        reason: format!(
-                            "its adapter {} is not in models/students/",
-                            manifest.adapter
-                        ),
-                    })?;
-                let prompt_text = builtin::PROMPTS
-                    .iter()
-                    .find(|(f, _)| *f == manifest.prompt)
-                    .map(|(_, t)| *t)
-                    .ok_or_else(|| Error::StudentInvalid {
-                        name: manifest.name.clone(),
-                        reason: format!("its prompt {} is not in models/prompts/", manifest.prompt),
-                    })?;
-                let actual = hex::encode(Sha256::digest(adapter_bytes));
-                if adapter_bytes.len() as u64 != manifest.adapter_size
-                    || actual != manifest.adapter_sha256
-                {
-                    return Err(Error::StudentInvalid {
-                        name: manifest.name.clone(),
-                        reason: format!(
-                            "its adapter has {} B with sha256 {actual}, the manifest pins {} B \
-                             with sha256 {}",
-                            adapter_bytes.len(),
-                            manifest.adapter_size,
-                            manifest.adapter_sha256
-                        ),
-                    });
-                }
-                Ok(Student {
-                    manifest,
-                    adapter_bytes,
-                    prompt_text,
-                })
-            })
-            .collect()
+            .find(|(f, _)| *f == manifest.adapter)
+            .map(|(_, b)| *b)
+            .ok_or_else(|| Error::StudentInvalid {
+                name: manifest.name.clone(),
+                reason: format!(
+                    "its adapter {} is not in models/students/",
+                    manifest.adapter
+                ),
+            })?;
+        let prompt_text = builtin::PROMPTS
+            .iter()
+            .find(|(f, _)| *f == manifest.prompt)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| Error::StudentInvalid {
+                name: manifest.name.clone(),
+                reason: format!("its prompt {} is not in models/prompts/", manifest.prompt),
+            })?;
+        let actual = hex::encode(Sha256::digest(adapter_bytes));
+        if adapter_bytes.len() as u64 != manifest.adapter_size || actual != manifest.adapter_sha256
+        {
+            return Err(Error::StudentInvalid {
+                name: manifest.name.clone(),
+                reason: format!(
+                    "its adapter has {} B with sha256 {actual}, the manifest pins {} B \
+                     with sha256 {}",
+                    adapter_bytes.len(),
+                    manifest.adapter_size,
+                    manifest.adapter_sha256
+                ),
+            });
+        }
+        Ok(Student {
+            manifest,
+            adapter_bytes,
+            prompt_text,
+        })
     }
 
     /// The student marked `default = true`, if one is built in.
     pub fn default_student() -> Result<Option<Student>> {
-        Ok(Self::builtin()?.into_iter().find(|s| s.manifest.default))
+        manifests()?
+            .into_iter()
+            .find(|m| m.default)
+            .map(Student::checked)
+            .transpose()
     }
 
     /// The built-in student called `name`; an unknown name is an error that lists the others.
     pub fn named(name: &str) -> Result<Student> {
-        let all = Self::builtin()?;
-        let names: Vec<String> = all.iter().map(|s| s.manifest.name.clone()).collect();
+        let all = manifests()?;
+        let names: Vec<String> = all.iter().map(|m| m.name.clone()).collect();
         all.into_iter()
-            .find(|s| s.manifest.name == name)
+            .find(|m| m.name == name)
+            .map(Student::checked)
+            .transpose()?
             .ok_or_else(|| Error::UnknownStudent {
                 name: name.to_owned(),
                 known: if names.is_empty() {
@@ -136,6 +137,19 @@ impl Student {
                 },
             })
     }
+}
+
+/// The manifests of `models/students/`, parsed (nothing checked against the adapters yet).
+fn manifests() -> Result<Vec<StudentManifest>> {
+    builtin::STUDENT_MANIFESTS
+        .iter()
+        .map(|(file, text)| {
+            toml::from_str(text).map_err(|source| Error::Manifest {
+                file: format!("students/{file}"),
+                source,
+            })
+        })
+        .collect()
 }
 
 impl Store {
