@@ -68,6 +68,19 @@ pub fn student(name: &str) -> Result<InstalledStudent, AssetError> {
     install(small_agent_models::Student::named(name)?)
 }
 
+/// The student a command runs: the one named (`--student NAME`), else none when `bare` (the
+/// command chose the base, another model or an adapter), else the default student if any.
+pub fn chosen_student(
+    name: Option<&str>,
+    bare: bool,
+) -> Result<Option<InstalledStudent>, AssetError> {
+    match name {
+        Some(name) => student(name).map(Some),
+        None if bare => Ok(None),
+        None => default_student(),
+    }
+}
+
 /// Checks the student against the default model and writes its adapter into the cache. A
 /// student trained on another base than the default model is an error (a stale build).
 fn install(student: small_agent_models::Student) -> Result<InstalledStudent, AssetError> {

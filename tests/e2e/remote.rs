@@ -156,4 +156,20 @@ fn an_unreachable_model_url_exits_2_and_names_it() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("expected http://HOST:PORT"));
+    // A local student cannot ride on a remote model: said, not ignored.
+    Command::cargo_bin("small-agent")
+        .unwrap()
+        .args([
+            "ask",
+            "--model-url",
+            &url,
+            "--student",
+            "agent-smollm2-135m",
+            "hello",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "--student agent-smollm2-135m runs on the local model",
+        ));
 }

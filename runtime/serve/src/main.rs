@@ -60,7 +60,7 @@ struct Args {
     #[arg(long)]
     no_grammar: bool,
     /// The agent's prompt template (TOML, as `small-agent ask --prompt`) [default: the
-    /// student's own prompt when the default student runs, else the built-in
+    /// student's own prompt when a student runs, else the built-in
     /// models/prompts/agent-default.toml]
     #[arg(long, value_name = "FILE")]
     prompt: Option<PathBuf>,
@@ -193,15 +193,11 @@ fn run(a: Args) -> Result<()> {
     }
     let api_key = a.api_key_file.as_deref().map(read_key).transpose()?;
     // --student, else the default student unless --base, --model or --adapter chose otherwise.
-    let student = match &a.student {
-        Some(name) => Some(
-            small_agent::assets::student(name)
-                .map_err(|e| UsageError(format!("--student {name}: {e}")))?,
-        ),
-        None if a.base || a.model.is_some() || a.adapter.is_some() => None,
-        None => small_agent::assets::default_student()
-            .map_err(|e| UsageError(format!("the default student: {e}")))?,
-    };
+    let student = small_agent::assets::chosen_student(
+        a.student.as_deref(),
+        a.base || a.model.is_some() || a.adapter.is_some(),
+    )
+    .map_err(|e| UsageError(format!("the student: {e}")))?;
     let (template, template_name) = match (&a.prompt, &student) {
         (Some(p), _) => (
             small_agent::agent::PromptTemplate::from_file(p)

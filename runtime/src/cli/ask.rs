@@ -61,6 +61,12 @@ pub fn run(args: AskArgs) -> Result<ExitCode> {
     };
     // A remote model is what the server runs: no local student.
     let student = if args.remote.model_url.is_some() {
+        if let Some(name) = &args.agent.student {
+            return Err(UsageError(format!(
+                "--student {name} runs on the local model; with --model-url the server's                  model answers (start the server with --student {name} instead)"
+            ))
+            .into());
+        }
         None
     } else {
         args.model.student(&args.agent)?

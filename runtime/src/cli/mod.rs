@@ -222,11 +222,10 @@ impl ModelArgs {
     /// default student (if this build marks one) unless `base` (`--base`), `--model` or
     /// `--adapter` chose otherwise.
     pub fn student(&self, agent: &AgentArgs) -> Result<Option<InstalledStudent>> {
-        let student = match &agent.student {
-            Some(name) => Some(small_agent::assets::student(name)?),
-            None if agent.base || self.model.is_some() || self.adapter.is_some() => None,
-            None => small_agent::assets::default_student()?,
-        };
+        let student = small_agent::assets::chosen_student(
+            agent.student.as_deref(),
+            agent.base || self.model.is_some() || self.adapter.is_some(),
+        )?;
         if let Some(s) = &student {
             tracing::info!(student = %s.name, adapter = %s.adapter.display(), "student");
         }
