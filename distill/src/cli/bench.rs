@@ -12,6 +12,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
+use small_agent_student::attention::AttentionKernel;
 use small_agent_student::train::bench::{
     flops_per_token, matmul_gflops, model_params, time_adapter_backward, time_training_steps,
     AdapterForm, Timing,
@@ -97,6 +98,10 @@ struct TrainBenchArgs {
     /// merged into the weight (burn's apply_lora), at the first --seq
     #[arg(long)]
     adapter_forms: bool,
+    /// Also time each training step with burn's own attention (its autodiff fallback forms
+    /// the full L×L scores), the baseline of the blocked causal attention the trainer uses
+    #[arg(long)]
+    attention_baseline: bool,
     /// Print the results as JSON
     #[arg(long)]
     json: bool,
@@ -122,6 +127,9 @@ struct OneArgs {
     steps: usize,
     #[arg(long)]
     threads: Option<usize>,
+    /// Compute attention with burn's own `attention` instead of the blocked kernel
+    #[arg(long)]
+    burn_attention: bool,
 }
 
 /// Runs `bench`.
@@ -156,7 +164,12 @@ fn one(a: OneArgs) -> anyhow::Result<ExitCode> {
             let mut config = TrainConfig::new(mode.mode());
             config.lora.rank = a.rank;
             config.lora.alpha = 2.0 * a.rank as f32;
-            time_training_steps(&a.base, &config, a.seq, a.warmup, a.steps)?
+            let kernel = if a.burn_attention {
+                AttentionKernel::Burn
+            } else {
+                AttentionKernel::Blocked
+            };
+            time_training_steps(&a.base, &config, kernel, a.seq, a.warmup, a.steps)?
         }
         (None, None) => bail!(UsageError("give --mode or --form".into())),
     };
@@ -276,6 +289,14 @@ fn train(a: TrainBenchArgs) -> anyhow::Result<ExitCode> {
             let mut cmd = child(&base, Some(threads))?;
             cmd.args(["--mode", mode.name()]).args(common(&a, seq));
             let ours = json_of(cmd, "the burn measurement")?;
+            let fallback = if a.attention_baseline {
+                let mut cmd = child(&base, Some(threads))?;
+                cmd.args(["--mode", mode.name(), "--burn-attention"])
+                    .args(common(&a, seq));
+                Some(json_of(cmd, "the burn-attention measurement")?)
+            } else {
+                None
+            };
             let theirs = match &torch {
                 Some(t) => {
                     let mut cmd = t.command(&base, threads);
@@ -297,6 +318,11 @@ fn train(a: TrainBenchArgs) -> anyhow::Result<ExitCode> {
                 "mode": mode.name(),
                 "seq": seq,
                 "burn": ours,
+                "burn_attention_fallback": fallback,
+                "blocked_over_fallback": fallback
+                    .as_ref()
+                    .and_then(|f| f["tokens_per_s"].as_f64())
+                    .map(|f| ours_tps / f),
                 "pytorch": theirs,
                 "ratio": theirs_tps.map(|t| ours_tps / t),
                 "burn_gflops": gflops,
@@ -377,6 +403,19 @@ fn print_report(r: &Value) {
             ),
             f(&row["burn"]["peak_rss_mib"], 0),
             f(&row["pytorch"]["peak_rss_mb"], 0),
+        );
+    }
+    for row in r["runs"].as_array().into_iter().flatten() {
+        if row["burn_attention_fallback"].is_null() {
+            continue;
+        }
+        println!(
+            "{} seq {}: burn's own attention {} tok/s, peak RSS {} MiB (the blocked kernel: {}× its speed)",
+            row["mode"].as_str().unwrap_or("?"),
+            row["seq"],
+            f(&row["burn_attention_fallback"]["tokens_per_s"], 1),
+            f(&row["burn_attention_fallback"]["peak_rss_mib"], 0),
+            f(&row["blocked_over_fallback"], 2),
         );
     }
     for form in r["adapter_forms"].as_array().into_iter().flatten() {

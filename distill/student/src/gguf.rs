@@ -534,6 +534,7 @@ pub fn load(path: &Path, options: &LoadOptions, device: &Device) -> Result<Stude
         norm: RmsNorm::new(vector(norm, device), config.rms_eps),
         output,
         config,
+        attention: Default::default(),
     })
 }
 

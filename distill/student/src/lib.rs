@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod attention;
 pub mod config;
 pub mod device;
 mod error;

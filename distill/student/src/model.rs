@@ -18,6 +18,7 @@ use burn::tensor::module::{attention, embedding, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
+use crate::attention::{blocked_causal_attention, AttentionKernel, CausalBlocks, ATTENTION_BLOCK};
 use crate::config::{RopeStyle, StudentConfig};
 use crate::error::{Result, StudentError};
 
@@ -62,12 +63,13 @@ impl LowRank {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let x = if self.training && self.dropout > 0.0 {
             // Inverted dropout: kept elements are scaled up so the expectation is unchanged.
-            let keep = Tensor::<D>::random(
-                x.shape(),
-                Distribution::Bernoulli(1.0 - self.dropout),
-                &x.device(),
-            );
-            x * keep.mul_scalar(1.0 / (1.0 - self.dropout))
+            // The mask is boolean, so the backward pass keeps one byte per element for it
+            // where a float mask (`x · keep`) would keep four.
+            let dropped =
+                Tensor::<D>::random(x.shape(), Distribution::Uniform(0.0, 1.0), &x.device())
+                    .lower_elem(self.dropout);
+            x.mask_fill(dropped, 0.0)
+                .mul_scalar(1.0 / (1.0 - self.dropout))
         } else {
             x
         };
@@ -173,13 +175,28 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, x: Tensor<3>, rope: &Rope) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, positions: &Positions) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
         let heads =
             |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        let rope = &positions.rope;
         let q = rope.apply(heads(self.q.forward(x.clone()), self.n_heads));
         let k = rope.apply(heads(self.k.forward(x.clone()), self.n_kv_heads));
         let v = heads(self.v.forward(x), self.n_kv_heads);
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let out = match &positions.causal {
+            Some(masks) => blocked_causal_attention(q, k, v, scale, masks),
+            None => self.burn_attention(q, k, v, scale),
+        };
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.n_heads * self.head_dim]);
+        self.o.forward(out)
+    }
+
+    /// burn's `attention` ([`AttentionKernel::Burn`]).
+    fn burn_attention(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+        let [batch, _, seq, _] = q.dims();
         // Each key/value head serves `group` consecutive query heads. Expanded here rather
         // than left to the kernel: burn's differentiable fallback of `attention` (used under
         // autodiff) needs equal head counts.
@@ -195,15 +212,11 @@ impl Attention {
             (widen(k), widen(v))
         };
         let options = AttentionModuleOptions {
-            scale: Some(1.0 / (self.head_dim as f64).sqrt()),
+            scale: Some(scale),
             softcap: None,
             is_causal: true,
         };
-        let out = attention(q, k, v, None, None, options);
-        let out = out
-            .swap_dims(1, 2)
-            .reshape([batch, seq, self.n_heads * self.head_dim]);
-        self.o.forward(out)
+        attention(q, k, v, None, None, options)
     }
 }
 
@@ -293,8 +306,8 @@ impl Block {
         )
     }
 
-    fn forward(&self, x: Tensor<3>, rope: &Rope) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.attn_norm.forward(x), rope);
+    fn forward(&self, x: Tensor<3>, positions: &Positions) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.attn_norm.forward(x), positions);
         x.clone() + self.mlp.forward(self.ffn_norm.forward(x))
     }
 }
@@ -313,6 +326,9 @@ pub struct Student {
     /// The shape and constants.
     #[module(skip)]
     pub config: StudentConfig,
+    /// How attention is computed (the same function either way).
+    #[module(skip)]
+    pub attention: AttentionKernel,
 }
 
 impl Student {
@@ -336,10 +352,10 @@ impl Student {
     /// sequences `[batch, seq]` of one length.
     pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let [_, seq] = tokens.dims();
-        let rope = Rope::new(&self.config, seq, &tokens.device());
+        let positions = Positions::new(&self.config, self.attention, seq, &tokens.device());
         let mut x = embedding(self.embed.val(), tokens);
         for block in &self.blocks {
-            x = block.forward(x, &rope);
+            x = block.forward(x, &positions);
         }
         self.norm.forward(x)
     }
@@ -405,6 +421,31 @@ pub fn tensor_to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.into_data()
         .try_into_vec_as::<f32>()
         .map_err(|e| StudentError::InvalidInput(format!("reading a tensor back: {e:?}")))
+}
+
+/// What every layer of one forward pass shares about its positions: the rotations and,
+/// for [`AttentionKernel::Blocked`], the causal masks.
+struct Positions {
+    rope: Rope,
+    causal: Option<CausalBlocks>,
+}
+
+impl Positions {
+    fn new(config: &StudentConfig, kernel: AttentionKernel, seq: usize, device: &Device) -> Self {
+        let causal = match kernel {
+            AttentionKernel::Blocked => Some(CausalBlocks::new(
+                seq,
+                config.n_heads / config.n_kv_heads,
+                ATTENTION_BLOCK,
+                device,
+            )),
+            AttentionKernel::Burn => None,
+        };
+        Self {
+            rope: Rope::new(config, seq, device),
+            causal,
+        }
+    }
 }
 
 /// The cosines and sines of one forward pass's positions, `[1, 1, seq, head_dim / 2]`.

@@ -13,6 +13,7 @@ use super::data::{InMemoryData, SplitMix64};
 use super::loss::example_nll;
 use super::params::attach_fresh_lora;
 use super::trainer::{RunSources, Trainer};
+use crate::attention::AttentionKernel;
 use crate::error::{Result, StudentError};
 use crate::model::Student;
 
@@ -56,11 +57,13 @@ pub fn random_example(vocab: usize, seq: usize, seed: u64) -> (Vec<u32>, Vec<u8>
 pub fn time_training_steps(
     base: &Path,
     config: &TrainConfig,
+    kernel: AttentionKernel,
     seq: usize,
     warmup: usize,
     steps: usize,
 ) -> Result<Timing> {
-    let model = crate::load_cpu(base)?;
+    let mut model = crate::load_cpu(base)?;
+    model.attention = kernel;
     let vocab = model.config.vocab_size;
     let data = InMemoryData {
         examples: (0..warmup + steps)
