@@ -52,6 +52,9 @@ typedef enum {
   SA_EVENT_STEP = 1,
   // A step's observation: what the agent sees next (output of its code, or the error).
   SA_EVENT_OBSERVATION = 2,
+  // The current step is generated again: discard the `SA_EVENT_TOKEN` text received since
+  // the step began; `text` says why (its code repeated an earlier step's).
+  SA_EVENT_REDO = 3,
 } sa_event_kind;
 
 // Which Python interpreter runs the agent's code.

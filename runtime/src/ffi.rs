@@ -84,6 +84,9 @@ pub enum sa_event_kind {
     SA_EVENT_STEP = 1,
     /// A step's observation: what the agent sees next (output of its code, or the error).
     SA_EVENT_OBSERVATION = 2,
+    /// The current step is generated again: discard the `SA_EVENT_TOKEN` text received since
+    /// the step began; `text` says why (its code repeated an earlier step's).
+    SA_EVENT_REDO = 3,
 }
 
 /// Receives streaming events. `text` is UTF-8, `len` bytes long, followed by a NUL; it is
@@ -607,6 +610,7 @@ pub unsafe extern "C" fn sa_ask_stream(
                     emit(sa_event_kind::SA_EVENT_STEP, &json);
                     emit(sa_event_kind::SA_EVENT_OBSERVATION, &step.observation);
                 }
+                AgentEvent::Redo(why) => emit(sa_event_kind::SA_EVENT_REDO, why),
             }
             true
         });

@@ -20,6 +20,14 @@ fn search() -> SearchFn {
 }
 
 fn run(config: AgentConfig, question: &str) -> small_agent::agent::AgentRun {
+    run_counting_redos(config, question).0
+}
+
+/// [`run`], also counting the `Redo` events.
+fn run_counting_redos(
+    config: AgentConfig,
+    question: &str,
+) -> (small_agent::agent::AgentRun, usize) {
     let model = Model::load(&crate::default_model_path()).unwrap();
     let python = assets::python_backend(Flavour::Full).expect("full interpreter installed");
     let tools = agent_toolbox(Some(search())).unwrap();
@@ -30,17 +38,19 @@ fn run(config: AgentConfig, question: &str) -> small_agent::agent::AgentRun {
         ..SessionParams::default()
     };
     let mut agent = Agent::new(&model, &session, python, tools, config).unwrap();
-    let mut events = 0;
+    let (mut events, mut redos) = (0, 0);
     let run = agent
         .run(question, &mut |e| {
-            if let AgentEvent::Step(_) = e {
-                events += 1;
+            match e {
+                AgentEvent::Step(_) => events += 1,
+                AgentEvent::Redo(_) => redos += 1,
+                AgentEvent::Token(_) => {}
             }
             true
         })
         .unwrap();
     assert_eq!(events, run.steps.len(), "one Step event per step");
-    run
+    (run, redos)
 }
 
 /// A grammar that forces one exact step: the real model, sandbox and tools still run it.
@@ -93,6 +103,65 @@ fn steps_reuse_the_kv_cache_and_run_their_code() {
     if run.answer_source == "fallback" {
         assert!(run.fallback.unwrap().cached_tokens > first.llm.prompt_tokens);
     }
+}
+
+/// Under greedy decoding the real model repeats its code; the guard refuses a repeat,
+/// generates the step again sampling, and runs a repeat only when its retries are spent.
+#[test]
+fn a_step_that_repeats_earlier_code_is_generated_again() {
+    // Free choice of one digit, the same context every step: greedy picks one and keeps it.
+    let grammar = Some(
+        "root ::= \"Thought: I will print a digit.\\nCode:\\n```py\\nprint(\" [0-9] \")\\n```<end_code>\""
+            .to_owned(),
+    );
+    let config = |repeat_retries| AgentConfig {
+        max_steps: 3,
+        grammar: grammar.clone(),
+        repeat_retries,
+        ..AgentConfig::default()
+    };
+    let question = "Print a digit.";
+    let codes = |run: &small_agent::agent::AgentRun| -> Vec<String> {
+        run.steps.iter().map(|s| s.code.clone().unwrap()).collect()
+    };
+    let (plain, redos) = run_counting_redos(config(0), question);
+    let plain_codes = codes(&plain);
+    assert_eq!(plain_codes.len(), 3);
+    assert_eq!(redos, 0);
+    assert!(
+        plain_codes[1..].contains(&plain_codes[0]),
+        "greedy did not repeat, so this test shows nothing: {plain_codes:?}"
+    );
+    let (guarded, redos) = run_counting_redos(config(2), question);
+    let guarded_codes = codes(&guarded);
+    assert_eq!(
+        guarded.steps[0].code, plain.steps[0].code,
+        "step 1 has nothing to repeat"
+    );
+    assert_eq!(guarded.steps[0].redone, 0);
+    for (i, step) in guarded.steps.iter().enumerate() {
+        let repeat = guarded_codes[..i].contains(&guarded_codes[i]);
+        // A repeat runs only after both retries were refused.
+        assert!(
+            !repeat || step.redone == 2,
+            "step {i}: {guarded_codes:?} {step:?}"
+        );
+        if step.redone > 0 {
+            // The attempt that ran still found the conversation in the KV cache.
+            assert!(
+                step.llm.cached_tokens >= guarded.steps[0].llm.prompt_tokens,
+                "{:?}",
+                step.llm
+            );
+        }
+    }
+    let redone: usize = guarded.steps.iter().map(|s| s.redone).sum();
+    assert!(redone > 0, "no step was generated again: {guarded_codes:?}");
+    assert_eq!(redos, redone, "one Redo event per attempt generated again");
+    assert!(
+        guarded_codes[1] != guarded_codes[0] || guarded.steps[1].redone == 2,
+        "{guarded_codes:?}"
+    );
 }
 
 #[test]

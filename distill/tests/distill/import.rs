@@ -273,6 +273,7 @@ fn our_run() -> AgentRun {
         candidates: vec![],
         llm: Default::default(),
         exec_ms: 1.0,
+        redone: 0,
     };
     let r1 = "Thought: I will search.\nCode:\n```py\nprint(web_search(\"1992 Summer Olympics host\"))\n```";
     let o1 = "Observation:\nExecution logs:\n1. (score 9.1) \"1992 Summer Olympics\"\nHeld in Barcelona, Spain.";

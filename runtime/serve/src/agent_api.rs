@@ -3,7 +3,7 @@
 //!
 //! The events (SSE `event:` names; each `data:` is a JSON object with the same `type`):
 //! `run` (ids and settings), `step_start`, `token` (the step's text as it is generated),
-//! `sources` (passages a `web_search` call returned, numbered for the run), `step` (thought,
+//! `redo` (the step starts over: drop its streamed text), `sources` (passages a `web_search` call returned, numbered for the run), `step` (thought,
 //! code, observation, errors, the step's source numbers, token counts and times), `answer`,
 //! `done` (totals, every source, the whole run as `ask --json` prints it and the trajectory
 //! line of `ask --trajectory`), or `error`.
@@ -146,6 +146,13 @@ pub enum RunEvent {
         /// The text.
         text: String,
     },
+    /// The step is generated again: drop its text streamed so far.
+    Redo {
+        /// The step.
+        step: usize,
+        /// Why (its code repeated an earlier step's).
+        reason: String,
+    },
     /// A `web_search` call's passages.
     Sources {
         /// The step.
@@ -179,6 +186,7 @@ impl RunEvent {
             Self::Run { .. } => "run",
             Self::StepStart { .. } => "step_start",
             Self::Token { .. } => "token",
+            Self::Redo { .. } => "redo",
             Self::Sources { .. } => "sources",
             Self::Step(_) => "step",
             Self::Answer { .. } => "answer",
@@ -223,6 +231,8 @@ pub struct StepEvent {
     pub llm_ms: f64,
     /// Sandbox time, ms.
     pub exec_ms: f64,
+    /// Times the step was generated again because its code repeated an earlier step's.
+    pub redone: usize,
 }
 
 impl StepEvent {
@@ -244,6 +254,7 @@ impl StepEvent {
             gen_tokens: r.llm.gen_tokens,
             llm_ms: r.llm.prompt_ms + r.llm.gen_ms,
             exec_ms: r.exec_ms,
+            redone: r.redone,
         }
     }
 }

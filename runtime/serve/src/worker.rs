@@ -271,6 +271,12 @@ fn run_agent(
                     text: t.to_owned(),
                 });
             }
+            AgentEvent::Redo(why) => {
+                let _ = events.send(RunEvent::Redo {
+                    step,
+                    reason: why.to_owned(),
+                });
+            }
             AgentEvent::Step(rec) => {
                 if let Some(marker) = &ctx.panic_on {
                     if job.question.contains(marker.as_str()) {

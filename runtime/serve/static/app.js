@@ -224,6 +224,11 @@ function onEvent(turn, name, d) {
       if (!turn.livePre) liveStep(turn, d.step);
       turn.livePre.textContent += d.text;
       break;
+    case 'redo':
+      // The step starts over: what was streamed of it is no longer the step.
+      if (turn.livePre) turn.livePre.textContent = '';
+      setStatus(`Step ${d.step}: ${d.reason}…`);
+      break;
     case 'sources':
       for (const p of d.passages) if (!turn.sources.some((q) => q.n === p.n)) turn.sources.push(p);
       renderEnd(turn);

@@ -10,7 +10,7 @@ pub mod prompt;
 pub mod protocol;
 pub mod quick_eval;
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::HashSet, sync::Arc, time::Instant};
 
 use serde::Serialize;
 use small_agent_sandbox::{
@@ -37,6 +37,11 @@ pub const SAG_TOP_P: f32 = 0.8;
 pub const DEFAULT_STEP_TOKENS: u32 = 384;
 /// Tokens of the answer requested when the steps ran out.
 pub const FALLBACK_TOKENS: u32 = 96;
+/// Default of [`AgentConfig::repeat_retries`].
+pub const DEFAULT_REPEAT_RETRIES: usize = 2;
+/// Temperature of a step generated again because its code repeated an earlier step's:
+/// greedy decoding of the same conversation would only repeat it again.
+pub const REPEAT_TEMPERATURE: f32 = 0.7;
 /// The GBNF grammar that admits only a well-formed step.
 pub const STEP_GRAMMAR: &str = include_str!("../../../models/grammars/agent-step.gbnf");
 
@@ -99,6 +104,11 @@ pub struct AgentConfig {
     /// Start the first reply with the first paragraph of a plain chain-of-thought answer
     /// (the paper's first-thought prefix, used for teacher trajectories).
     pub first_thought: bool,
+    /// Times a step is generated again, sampling at [`REPEAT_TEMPERATURE`], when its code
+    /// repeats an earlier step's code of the run (0: repeats run as they are). Code that
+    /// ran once gives the same observation again, and a small model that repeats a step
+    /// under greedy decoding repeats it until the steps run out.
+    pub repeat_retries: usize,
 }
 
 impl Default for AgentConfig {
@@ -112,6 +122,7 @@ impl Default for AgentConfig {
             template: PromptTemplate::builtin(),
             limits: Limits::default(),
             first_thought: false,
+            repeat_retries: DEFAULT_REPEAT_RETRIES,
         }
     }
 }
@@ -201,6 +212,9 @@ pub struct StepRecord {
     pub llm: CallStats,
     /// Milliseconds spent running the candidates' code.
     pub exec_ms: f64,
+    /// Times the step was generated again because its code repeated an earlier step's
+    /// ([`AgentConfig::repeat_retries`]); the engine counts above are the last attempt's.
+    pub redone: usize,
 }
 
 /// A whole run.
@@ -264,6 +278,9 @@ pub enum AgentEvent<'a> {
     Token(&'a str),
     /// A step ended.
     Step(&'a StepRecord),
+    /// The step is generated again: the text streamed since it began is discarded. The
+    /// text says why (its code repeated an earlier step's).
+    Redo(&'a str),
 }
 
 /// A search function the agent's `web_search` tool calls: query → formatted passages.
@@ -507,6 +524,88 @@ impl<'m> Agent<'m> {
         Ok(first_paragraph(&c.text))
     }
 
+    /// Generates one attempt at a step: `sag` candidates whose code runs as each reply ends,
+    /// while the others are still decoding; once the outcome is decided the rest are not
+    /// decoded further. Code in `refuse` (by [`code_key`]) is not run. The winner is kept
+    /// in the cache.
+    fn attempt_step(
+        &mut self,
+        messages: &[ChatMessage],
+        py: &mut PySession,
+        gen: &GenerateParams,
+        refuse: Option<&HashSet<String>>,
+        on_event: &mut dyn FnMut(AgentEvent<'_>) -> bool,
+    ) -> Result<Attempt, AgentError> {
+        let n = self.config.sag;
+        let cancel = self.config.limits.cancel.clone();
+        let mut cancelled = false;
+        let prefix = gen.prefill.clone().unwrap_or_default();
+        let mut runner = CandidateRunner::new(n);
+        let mut repeated = vec![false; n];
+        let mut run_error = None;
+        let mut cands = self.chat.generate(
+            messages,
+            n,
+            gen,
+            &mut |i, t| {
+                if cancel.is_raised() || (i == 0 && !on_event(AgentEvent::Token(t))) {
+                    cancelled = true;
+                }
+                !cancelled
+            },
+            &mut |i, c| {
+                let mut code = protocol::extract_code(&format!("{prefix}{}", c.text));
+                if let (Some(earlier), Some(this)) = (refuse, code.as_deref()) {
+                    if earlier.contains(&code_key(this)) {
+                        // Not run: it would give the observation it gave before.
+                        repeated[i] = true;
+                        code = None;
+                    }
+                }
+                tracing::debug!(
+                    candidate = i,
+                    finish = ?c.finish_reason,
+                    parsed = code.is_some(),
+                    repeated = repeated[i],
+                    "candidate ended"
+                );
+                tracing::trace!(candidate = i, text = %c.text, "candidate text");
+                match runner.run(py, i, code) {
+                    Ok(()) => AfterEnd {
+                        stop: runner.decided(),
+                        release: runner.take_needless(),
+                    },
+                    Err(e) => {
+                        run_error = Some(e);
+                        AfterEnd::stop()
+                    }
+                }
+            },
+        )?;
+        if cancelled || cancel.is_raised() {
+            return Err(AgentError::Cancelled);
+        }
+        if let Some(e) = run_error {
+            return Err(e);
+        }
+        if let Some(p) = &gen.prefill {
+            for c in &mut cands {
+                c.text.insert_str(0, p);
+            }
+        }
+        let exec_ms = runner.exec_ms();
+        let codes = runner.codes.clone();
+        let step = runner.finish(py);
+        self.chat.keep(step.winner)?;
+        Ok(Attempt {
+            only_repeats: step.result.is_none() && repeated.iter().any(|r| *r),
+            cands,
+            codes,
+            step,
+            exec_ms,
+        })
+    }
+
     fn run_steps(
         &mut self,
         question: &str,
@@ -535,6 +634,8 @@ impl<'m> Agent<'m> {
             .grammar
             .as_deref()
             .and_then(protocol::grammar_forced_prefix);
+        // The code of the run's steps so far, as compared for repeats.
+        let mut earlier_codes = HashSet::new();
         for _ in 0..cfg.max_steps {
             if cancel.is_raised() {
                 return Err(AgentError::Cancelled);
@@ -550,62 +651,40 @@ impl<'m> Agent<'m> {
                 ignore_eog: false,
                 prefill: prefill.take().or_else(|| forced.clone()),
             };
-            let mut cancelled = false;
-            let prefix = gen.prefill.clone().unwrap_or_default();
-            // Each candidate's code runs as soon as its reply ends, while the others are
-            // still decoding; once the outcome is decided the rest are not decoded further.
-            let mut runner = CandidateRunner::new(cfg.sag);
-            let mut run_error = None;
-            let mut cands = self.chat.generate(
-                &state.messages,
-                cfg.sag,
-                &gen,
-                &mut |i, t| {
-                    if cancel.is_raised() || (i == 0 && !on_event(AgentEvent::Token(t))) {
-                        cancelled = true;
-                    }
-                    !cancelled
-                },
-                &mut |i, c| {
-                    let code = protocol::extract_code(&format!("{prefix}{}", c.text));
-                    tracing::debug!(
-                        candidate = i,
-                        finish = ?c.finish_reason,
-                        parsed = code.is_some(),
-                        "candidate ended"
-                    );
-                    tracing::trace!(candidate = i, text = %c.text, "candidate text");
-                    match runner.run(py, i, code) {
-                        Ok(()) => AfterEnd {
-                            stop: runner.decided(),
-                            release: runner.take_needless(),
-                        },
-                        Err(e) => {
-                            run_error = Some(e);
-                            AfterEnd::stop()
-                        }
-                    }
-                },
-            )?;
-            if cancelled || cancel.is_raised() {
-                return Err(AgentError::Cancelled);
-            }
-            if let Some(e) = run_error {
-                return Err(e);
-            }
-            if let Some(p) = &gen.prefill {
-                for c in &mut cands {
-                    c.text.insert_str(0, p);
+            let mut redone = 0;
+            let Attempt {
+                cands,
+                codes,
+                mut step,
+                exec_ms,
+                ..
+            } = loop {
+                // Refuse code an earlier step ran while retries remain; the last attempt's
+                // code runs whatever it is.
+                let refuse = (redone < cfg.repeat_retries).then_some(&earlier_codes);
+                let gen = GenerateParams {
+                    sampling: redo_sampling(&cfg.sampling, redone),
+                    ..gen.clone()
+                };
+                let attempt = self.attempt_step(&state.messages, py, &gen, refuse, on_event)?;
+                if !attempt.only_repeats {
+                    break attempt;
                 }
-            }
-            let exec_ms = runner.exec_ms();
-            let codes = runner.codes.clone();
-            let mut step = runner.finish(py);
+                redone += 1;
+                tracing::debug!(redone, "every candidate repeated an earlier step's code");
+                if !on_event(AgentEvent::Redo(
+                    "its code repeated an earlier step's; generating it again, sampling",
+                )) {
+                    return Err(AgentError::Cancelled);
+                }
+            };
             for (record, c) in step.candidates.iter_mut().zip(&cands) {
                 record.gen_tokens = c.stats.gen_tokens;
             }
             let winner = step.winner;
-            self.chat.keep(winner)?;
+            if let Some(code) = &codes[winner] {
+                earlier_codes.insert(code_key(code));
+            }
             let reply = &cands[winner].text;
             let chosen = step.result;
             let mut record = StepRecord {
@@ -621,6 +700,7 @@ impl<'m> Agent<'m> {
                 candidates: step.candidates,
                 llm: cands[winner].stats,
                 exec_ms,
+                redone,
             };
             state
                 .messages
@@ -675,6 +755,41 @@ impl<'m> Agent<'m> {
     }
 }
 
+/// What two steps' code must share to count as a repeat: every line without its surrounding
+/// whitespace, blank lines dropped (a re-indented or re-spaced copy is the same code).
+pub fn code_key(code: &str) -> String {
+    code.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The sampling of attempt `redone` of a step: the configured sampling first; after a
+/// refused repeat at least [`REPEAT_TEMPERATURE`] (with the nucleus of SAG) and a seed of
+/// its own, so the attempt can differ from the one before.
+fn redo_sampling(base: &SamplingParams, redone: usize) -> SamplingParams {
+    if redone == 0 {
+        return base.clone();
+    }
+    let seed = base.seed.wrapping_add(7919u32.wrapping_mul(redone as u32));
+    if base.temperature >= REPEAT_TEMPERATURE {
+        return SamplingParams {
+            seed,
+            ..base.clone()
+        };
+    }
+    SamplingParams {
+        temperature: REPEAT_TEMPERATURE,
+        top_p: SAG_TOP_P,
+        top_k: 0,
+        min_p: 0.0,
+        temperature_first: true,
+        seed,
+        ..base.clone()
+    }
+}
+
 /// The answer in a reply to the out-of-steps request. A model trained on the step format
 /// often replies with one more step that calls `final_answer`: its code runs in the session
 /// (the variables it names are there) and the value passed is the answer; otherwise the
@@ -725,6 +840,20 @@ impl Conversation {
 }
 
 /// What a run has gathered so far.
+/// One attempt at a step ([`Agent::attempt_step`]).
+struct Attempt {
+    /// The candidates' replies (with the prefill in front).
+    cands: Vec<crate::engine::Completion>,
+    /// Each candidate's code that ran (`None`: none, or refused as a repeat).
+    codes: Vec<Option<String>>,
+    /// The vote and the winner's outcome.
+    step: ExecutedStep,
+    /// Milliseconds of running code.
+    exec_ms: f64,
+    /// Nothing ran but code refused as a repeat: the step is to be generated again.
+    only_repeats: bool,
+}
+
 struct RunState {
     messages: Vec<ChatMessage>,
     steps: Vec<StepRecord>,
@@ -1048,6 +1177,28 @@ fn vote(ran: &[Option<Ran>]) -> (usize, Vec<usize>) {
 mod tests {
     use super::*;
     use small_agent_sandbox::{ErrorKind, FinalAnswer, PyError};
+
+    #[test]
+    fn repeats_are_the_same_lines_and_a_redo_samples_with_a_seed_of_its_own() {
+        let a = "r = web_search('x')\nprint(r)";
+        assert_eq!(
+            code_key(a),
+            code_key("  r = web_search('x')\n\n    print(r)  \n")
+        );
+        assert_ne!(code_key(a), code_key("r = web_search('y')\nprint(r)"));
+        let greedy = SamplingParams::greedy();
+        assert_eq!(redo_sampling(&greedy, 0).temperature, greedy.temperature);
+        let (first, second) = (redo_sampling(&greedy, 1), redo_sampling(&greedy, 2));
+        assert_eq!(first.temperature, REPEAT_TEMPERATURE);
+        assert_ne!(first.seed, second.seed);
+        assert_ne!(first.seed, greedy.seed);
+        // A hotter sampling keeps its temperature and only gets a new seed.
+        let hot = SamplingParams {
+            temperature: 1.2,
+            ..greedy
+        };
+        assert_eq!(redo_sampling(&hot, 1).temperature, 1.2);
+    }
 
     #[test]
     fn a_candidate_gets_the_whole_timeout_until_the_step_has_used_it_then_its_share() {

@@ -77,6 +77,7 @@ pub fn run(args: AskArgs) -> Result<ExitCode> {
         grammar,
         limits: args.sandbox.limits(),
         template,
+        repeat_retries: args.agent.repeat_retries,
         ..AgentConfig::default()
     };
     if !args.greedy {

@@ -431,6 +431,7 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
         grammar: (!a.agent.no_grammar).then(|| small_agent::agent::STEP_GRAMMAR.to_owned()),
         limits: a.sandbox.limits(),
         template: agent_template,
+        repeat_retries: a.agent.repeat_retries,
         ..AgentConfig::default()
     }
     .with_sag(a.sag());
@@ -493,6 +494,7 @@ fn run_eval(a: EvalRunArgs) -> Result<ExitCode> {
         "sag": if mode == Mode::Agent { a.sag() } else { 1 },
         "grammar": mode == Mode::Agent && !a.agent.no_grammar,
         "max_steps": if mode == Mode::Agent { a.agent.max_steps } else { 1 },
+        "repeat_retries": if mode == Mode::Agent { a.agent.repeat_retries } else { 0 },
         "max_tokens": if mode == Mode::Agent { agent_config.step_tokens } else { a.max_tokens },
         "ctx_size": a.context.ctx_size,
         "python": if mode == Mode::Agent { Some(flavour.as_str()) } else { None },

@@ -384,6 +384,10 @@ pub struct AgentArgs {
     /// Random seed of the sampling (candidate i uses seed + i)
     #[arg(long, default_value_t = engine::DEFAULT_SEED, value_name = "S")]
     pub seed: u32,
+    /// Times a step whose code repeats an earlier step's is generated again, sampling at
+    /// temperature 0.7, before the repeat runs (0: repeats run as they are)
+    #[arg(long, default_value_t = small_agent::agent::DEFAULT_REPEAT_RETRIES, value_name = "N")]
+    pub repeat_retries: usize,
     /// Agent prompt template (TOML, see models/prompts/agent-default.toml) [default: the
     /// student's own prompt (models/prompts/student.toml) when a distilled student runs,
     /// else agent-default.toml]

@@ -88,6 +88,42 @@ fn a_run_streams_its_steps_and_answer() {
     assert!(done_ev["trajectory"]["log_data"]["messages"].is_array());
 }
 
+/// A step whose code repeats an earlier step's is generated again: a `redo` event for
+/// each refused attempt (the step's streamed text starts over), then the step.
+#[test]
+fn a_repeated_step_streams_redo_events() {
+    let s = shared();
+    // The grammar admits one step only, so step 2 can only repeat step 1: both retries are
+    // refused and the third attempt runs.
+    let all = run_all(
+        s,
+        &json!({
+            "question": "Print seven.",
+            "max_steps": 2,
+            "grammar_gbnf": forced("print(7)"),
+        }),
+    );
+    let names: Vec<&str> = all.iter().map(|e| e.event.as_str()).collect();
+    let redos = events_named(&all, "redo");
+    assert_eq!(redos.len(), 2, "{names:?}");
+    for r in &redos {
+        assert_eq!(r.json()["step"], 2);
+        assert!(r.json()["reason"].as_str().unwrap().contains("repeated"));
+    }
+    let steps = events_named(&all, "step");
+    assert_eq!(steps.len(), 2, "{names:?}");
+    assert_eq!(steps[0].json()["redone"], 0);
+    assert_eq!(steps[1].json()["redone"], 2);
+    assert_eq!(steps[1].json()["code"], "print(7)");
+    // Both redos come after step 1 and before step 2.
+    let pos = |name: &str, step: u64| {
+        all.iter()
+            .position(|e| e.event == name && e.json()["step"] == step)
+            .unwrap()
+    };
+    assert!(pos("step", 1) < pos("redo", 2) && pos("redo", 2) < pos("step", 2));
+}
+
 /// Without streaming the answer is the JSON `small-agent ask --json` prints (an
 /// `AgentRun`), with the run's ids in headers.
 #[test]
