@@ -61,18 +61,25 @@ impl LowRank {
 
     /// `scale · (drop(x)·A)·B`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let x = if self.training && self.dropout > 0.0 {
-            // Inverted dropout: kept elements are scaled up so the expectation is unchanged.
-            // The mask is boolean, so the backward pass keeps one byte per element for it
-            // where a float mask (`x · keep`) would keep four.
-            let dropped =
-                Tensor::<D>::random(x.shape(), Distribution::Uniform(0.0, 1.0), &x.device())
-                    .lower_elem(self.dropout);
-            x.mask_fill(dropped, 0.0)
-                .mul_scalar(1.0 / (1.0 - self.dropout))
-        } else {
-            x
-        };
+        self.forward_dropped(self.drop(x))
+    }
+
+    /// `drop(x)`: LoRA's dropout while training, the identity otherwise.
+    pub fn drop<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if !(self.training && self.dropout > 0.0) {
+            return x;
+        }
+        // Inverted dropout: kept elements are scaled up so the expectation is unchanged.
+        // The mask is boolean, so the backward pass keeps one byte per element for it
+        // where a float mask (`x · keep`) would keep four.
+        let dropped = Tensor::<D>::random(x.shape(), Distribution::Uniform(0.0, 1.0), &x.device())
+            .lower_elem(self.dropout);
+        x.mask_fill(dropped, 0.0)
+            .mul_scalar(1.0 / (1.0 - self.dropout))
+    }
+
+    /// `scale · (x·A)·B` of an input already through [`LowRank::drop`].
+    pub fn forward_dropped<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let down = linear(x, self.a.val(), None);
         linear(down, self.b.val(), None).mul_scalar(self.scale)
     }
@@ -112,12 +119,40 @@ impl Linear {
 
     /// `x·W + b (+ adapter(x))` over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dropped = self.adapter.as_ref().map(|a| a.drop(x.clone()));
+        self.forward_shared(x, dropped)
+    }
+
+    /// `x·W + b (+ adapter(x))` where the adapter's input has been through its dropout
+    /// already (`dropped`), shared with the other projections of the same `x`.
+    fn forward_shared<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        dropped: Option<Tensor<D>>,
+    ) -> Tensor<D> {
         let bias = self.bias.as_ref().map(Param::val);
-        match &self.adapter {
-            None => linear(x, self.weight.val(), bias),
-            Some(adapter) => linear(x.clone(), self.weight.val(), bias) + adapter.forward(x),
+        let frozen = linear(x, self.weight.val(), bias);
+        match (&self.adapter, dropped) {
+            (Some(adapter), Some(dropped)) => frozen + adapter.forward_dropped(dropped),
+            _ => frozen,
         }
     }
+}
+
+/// The projections of one input (q, k, v; gate, up), their adapters fed one dropout draw
+/// of it: each distinct dropped copy is kept for the backward pass, so one draw per input
+/// instead of one per projection saves two (attention) and one (MLP) `[seq, hidden]`
+/// matrices per block. PEFT draws per projection; with dropout 0.05 the difference is in
+/// which elements are dropped together, not in how many.
+fn project_shared<const D: usize, const N: usize>(
+    layers: [&Linear; N],
+    x: Tensor<D>,
+) -> [Tensor<D>; N] {
+    let dropped = layers
+        .iter()
+        .find_map(|l| l.adapter.as_ref())
+        .map(|a| a.drop(x.clone()));
+    layers.map(|l| l.forward_shared(x.clone(), l.adapter.as_ref().and(dropped.clone())))
 }
 
 /// `x / sqrt(mean(x²) + eps) · w` over the last dimension.
@@ -180,9 +215,10 @@ impl Attention {
         let heads =
             |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
         let rope = &positions.rope;
-        let q = rope.apply(heads(self.q.forward(x.clone()), self.n_heads));
-        let k = rope.apply(heads(self.k.forward(x.clone()), self.n_kv_heads));
-        let v = heads(self.v.forward(x), self.n_kv_heads);
+        let [q, k, v] = project_shared([&self.q, &self.k, &self.v], x);
+        let q = rope.apply(heads(q, self.n_heads));
+        let k = rope.apply(heads(k, self.n_kv_heads));
+        let v = heads(v, self.n_kv_heads);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let out = match &positions.causal {
             Some(masks) => blocked_causal_attention(q, k, v, scale, masks),
@@ -233,7 +269,8 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gated = silu(self.gate.forward(x.clone())) * self.up.forward(x);
+        let [gate, up] = project_shared([&self.gate, &self.up], x);
+        let gated = silu(gate) * up;
         self.down.forward(gated)
     }
 }
@@ -536,6 +573,33 @@ mod tests {
         layer.adapter = Some(LowRank::new(a.clone(), b.clone(), 0.5));
         let merged = Linear::new(w + a.matmul(b).mul_scalar(0.5), None);
         assert!(close(layer.forward(x.clone()), merged.forward(x)) < 1e-5);
+    }
+
+    #[test]
+    fn projections_of_one_input_share_one_dropout_draw() {
+        let w = tensor((0..12).map(|x| x as f32 * 0.1 - 0.5).collect(), [3, 4]);
+        let x = tensor((0..24).map(|x| x as f32 * 0.3 - 2.0).collect(), [8, 3]);
+        let a = tensor(vec![0.3, -0.1, 0.2, 0.4, -0.5, 0.6], [3, 2]);
+        let b = tensor((0..8).map(|x| x as f32 * 0.05 + 0.1).collect(), [2, 4]);
+        let layer = || {
+            let mut l = Linear::new(w.clone(), None);
+            let mut adapter = LowRank::new(a.clone(), b.clone(), 0.5);
+            adapter.dropout = 0.5;
+            adapter.training = true;
+            l.adapter = Some(adapter);
+            l
+        };
+        let (first, second) = (layer(), layer());
+        // Equal layers fed one draw give equal outputs...
+        let [p, q] = project_shared([&first, &second], x.clone());
+        assert_eq!(close(p, q), 0.0);
+        // ...where separate draws (each layer's own forward) differ.
+        assert!(close(first.forward(x.clone()), second.forward(x.clone())) > 1e-3);
+        // Without training, the shared path is the plain one.
+        let mut plain = layer();
+        plain.adapter.as_mut().unwrap().training = false;
+        let [shared] = project_shared([&plain], x.clone());
+        assert_eq!(close(shared, plain.forward(x)), 0.0);
     }
 
     #[test]
