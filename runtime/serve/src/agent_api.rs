@@ -63,6 +63,9 @@ pub struct RunRequest {
     /// Sampling seed.
     #[serde(default)]
     pub seed: Option<u32>,
+    /// Times a step whose code repeats an earlier step's is generated again (0: off).
+    #[serde(default)]
+    pub repeat_retries: Option<usize>,
     /// The interpreter; must be the one the server loaded (`full` or `lite`).
     #[serde(default)]
     pub python: Option<String>,
@@ -85,6 +88,8 @@ pub struct RunSettings {
     pub temperature: Option<f32>,
     /// Seed.
     pub seed: u32,
+    /// Repeat guard's retries.
+    pub repeat_retries: usize,
     /// Interpreter.
     pub python: String,
     /// The steps follow the request's own grammar (`grammar_gbnf`).
@@ -106,6 +111,7 @@ impl RunSettings {
             },
             sag: 1,
             sampling: small_agent::SamplingParams::greedy(),
+            repeat_retries: self.repeat_retries,
             ..base.clone()
         };
         if self.sag > 1 {
@@ -387,6 +393,15 @@ pub fn settings_of(state: &AppState, req: &RunRequest) -> Result<RunSettings, Ap
             ));
         }
     }
+    let repeat_retries = req
+        .repeat_retries
+        .unwrap_or(small_agent::agent::DEFAULT_REPEAT_RETRIES);
+    if repeat_retries > MAX_REPEAT_RETRIES {
+        return Err(ApiError::field(
+            "repeat_retries",
+            format!("`repeat_retries` must be at most {MAX_REPEAT_RETRIES}, got {repeat_retries}"),
+        ));
+    }
     let loaded = cfg.runtime.python.as_str().to_owned();
     if let Some(p) = &req.python {
         if *p != loaded {
@@ -415,9 +430,14 @@ pub fn settings_of(state: &AppState, req: &RunRequest) -> Result<RunSettings, Ap
         grammar: req.grammar.unwrap_or(cfg.run.grammar),
         temperature: req.temperature,
         seed: req.seed.unwrap_or(small_agent::engine::DEFAULT_SEED),
+        repeat_retries,
         python: loaded,
     })
 }
+
+/// The most retries a run may ask of the repeat guard (each is one more generation of a
+/// step).
+pub const MAX_REPEAT_RETRIES: usize = 4;
 
 /// A random id (128 bits from the standard library's randomly keyed hasher).
 pub fn random_id() -> String {

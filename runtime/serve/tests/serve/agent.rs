@@ -100,6 +100,7 @@ fn a_repeated_step_streams_redo_events() {
         &json!({
             "question": "Print seven.",
             "max_steps": 2,
+            "repeat_retries": 2,
             "grammar_gbnf": forced("print(7)"),
         }),
     );

@@ -224,6 +224,11 @@ fn malformed_json_and_wrong_types_name_the_field() {
         ),
         (
             &runs,
+            json!({"question": "hi", "repeat_retries": 9}),
+            "repeat_retries",
+        ),
+        (
+            &runs,
             json!({"question": "hi", "grammar": "yes"}),
             "grammar",
         ),
