@@ -13,6 +13,8 @@
 //! The result is the same function (to float rounding) with the same gradients: the tests
 //! compare both against burn's fallback.
 
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// Query rows per block. Smaller blocks skip more of the masked triangle but launch more
@@ -26,8 +28,8 @@ pub enum AttentionKernel {
     /// [`blocked_causal_attention`]: the default.
     #[default]
     Blocked,
-    /// burn's own `attention` (its autodiff fallback forms the full `L×L` scores); kept as
-    /// the baseline `bench train --attention burn` measures against.
+    /// [`burn_grouped_attention`] (its autodiff fallback forms the full `L×L` scores); kept
+    /// as the baseline `bench train --attention-baseline` measures against.
     Burn,
 }
 
@@ -107,12 +109,35 @@ pub fn blocked_causal_attention(
     Tensor::cat(outs, 3).reshape([batch, heads, seq, dim])
 }
 
+/// The same function through burn's own `attention`, the key/value heads first copied out
+/// to every query head (burn's differentiable fallback, used under autodiff, needs equal
+/// head counts).
+pub fn burn_grouped_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    let [batch, heads, _, _] = q.dims();
+    let [_, kv_heads, seq, dim] = k.dims();
+    let group = heads / kv_heads;
+    let (k, v) = if group == 1 {
+        (k, v)
+    } else {
+        let widen = |t: Tensor<4>| {
+            t.unsqueeze_dim::<5>(2)
+                .expand([batch, kv_heads, group, seq, dim])
+                .reshape([batch, heads, seq, dim])
+        };
+        (widen(k), widen(v))
+    };
+    let options = AttentionModuleOptions {
+        scale: Some(scale),
+        softcap: None,
+        is_causal: true,
+    };
+    attention(q, k, v, None, None, options)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::tensor_to_vec;
-    use burn::tensor::module::attention;
-    use burn::tensor::ops::AttentionModuleOptions;
     use burn::tensor::Distribution;
 
     fn random(shape: [usize; 4], seed: u64) -> Tensor<4> {
@@ -136,22 +161,6 @@ mod tests {
             .zip(&b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
-    }
-
-    /// burn's fallback with the key/value heads copied out to every query head.
-    fn reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, group: usize, scale: f64) -> Tensor<4> {
-        let [batch, kv_heads, seq, dim] = k.dims();
-        let widen = |t: Tensor<4>| {
-            t.unsqueeze_dim::<5>(2)
-                .expand([batch, kv_heads, group, seq, dim])
-                .reshape([batch, kv_heads * group, seq, dim])
-        };
-        let options = AttentionModuleOptions {
-            scale: Some(scale),
-            softcap: None,
-            is_causal: true,
-        };
-        attention(q, widen(k), widen(v), None, None, options)
     }
 
     #[test]
@@ -179,7 +188,7 @@ mod tests {
             )
             .autodiff();
             let ours = blocked_causal_attention(q.clone(), k.clone(), v.clone(), scale, &masks);
-            let theirs = reference(q.clone(), k.clone(), v.clone(), group, scale);
+            let theirs = burn_grouped_attention(q.clone(), k.clone(), v.clone(), scale);
             assert!(
                 max_diff(ours.clone().inner(), theirs.clone().inner()) < 1e-5,
                 "block {block}"

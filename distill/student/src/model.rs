@@ -14,11 +14,13 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
-use burn::tensor::module::{attention, embedding, linear};
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::module::{embedding, linear};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
-use crate::attention::{blocked_causal_attention, AttentionKernel, CausalBlocks, ATTENTION_BLOCK};
+use crate::attention::{
+    blocked_causal_attention, burn_grouped_attention, AttentionKernel, CausalBlocks,
+    ATTENTION_BLOCK,
+};
 use crate::config::{RopeStyle, StudentConfig};
 use crate::error::{Result, StudentError};
 
@@ -222,37 +224,12 @@ impl Attention {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let out = match &positions.causal {
             Some(masks) => blocked_causal_attention(q, k, v, scale, masks),
-            None => self.burn_attention(q, k, v, scale),
+            None => burn_grouped_attention(q, k, v, scale),
         };
         let out = out
             .swap_dims(1, 2)
             .reshape([batch, seq, self.n_heads * self.head_dim]);
         self.o.forward(out)
-    }
-
-    /// burn's `attention` ([`AttentionKernel::Burn`]).
-    fn burn_attention(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
-        let [batch, _, seq, _] = q.dims();
-        // Each key/value head serves `group` consecutive query heads. Expanded here rather
-        // than left to the kernel: burn's differentiable fallback of `attention` (used under
-        // autodiff) needs equal head counts.
-        let group = self.n_heads / self.n_kv_heads;
-        let (k, v) = if group == 1 {
-            (k, v)
-        } else {
-            let widen = |t: Tensor<4>| {
-                t.unsqueeze_dim::<5>(2)
-                    .expand([batch, self.n_kv_heads, group, seq, self.head_dim])
-                    .reshape([batch, self.n_heads, seq, self.head_dim])
-            };
-            (widen(k), widen(v))
-        };
-        let options = AttentionModuleOptions {
-            scale: Some(scale),
-            softcap: None,
-            is_causal: true,
-        };
-        attention(q, k, v, None, None, options)
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! The events (SSE `event:` names; each `data:` is a JSON object with the same `type`):
 //! `run` (ids and settings), `step_start`, `token` (the step's text as it is generated),
-//! `redo` (the step starts over: drop its streamed text), `sources` (passages a `web_search` call returned, numbered for the run), `step` (thought,
-//! code, observation, errors, the step's source numbers, token counts and times), `answer`,
+//! `redo` (the step starts over: drop its streamed text), `sources` (passages a
+//! `web_search` call returned, numbered for the run), `step` (thought, code, observation,
+//! errors, the step's source numbers, token counts and times), `answer`,
 //! `done` (totals, every source, the whole run as `ask --json` prints it and the trajectory
 //! line of `ask --trajectory`), or `error`.
 use std::{sync::Arc, time::Instant};
