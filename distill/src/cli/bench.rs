@@ -98,10 +98,14 @@ struct TrainBenchArgs {
     /// merged into the weight (burn's apply_lora), at the first --seq
     #[arg(long)]
     adapter_forms: bool,
-    /// Also time each training step with burn's own attention (its autodiff fallback forms
-    /// the full L×L scores), the baseline of the blocked causal attention the trainer uses
+    /// Also time each training step with attention built from burn's operations (in blocks
+    /// of query rows), the baseline of the fused attention kernel the trainer uses on the CPU
     #[arg(long)]
     attention_baseline: bool,
+    /// Also time each training step with the buffer cache off (every freed large buffer
+    /// goes back to the system allocator, as in a plain build)
+    #[arg(long)]
+    buffer_cache_baseline: bool,
     /// Print the results as JSON
     #[arg(long)]
     json: bool,
@@ -127,9 +131,15 @@ struct OneArgs {
     steps: usize,
     #[arg(long)]
     threads: Option<usize>,
-    /// Compute attention with burn's own `attention` instead of the blocked kernel
+    /// Compute attention with the blocked kernel of burn operations instead of the fused one
     #[arg(long)]
-    burn_attention: bool,
+    blocked_attention: bool,
+    /// Turn the buffer cache off (freed large buffers go back to the system)
+    #[arg(long)]
+    no_buffer_cache: bool,
+    /// Limit of the buffer cache's idle bytes, in MiB [default: the binary's]
+    #[arg(long, value_name = "MIB")]
+    buffer_cache_mib: Option<usize>,
 }
 
 /// Runs `bench`.
@@ -146,11 +156,18 @@ fn timing_json(t: &Timing) -> Value {
         "seconds": t.seconds,
         "tokens_per_s": t.tokens_per_s(),
         "peak_rss_mib": peak_rss_mib(),
+        "buffer_cache": crate::ALLOCATOR.stats(),
     })
 }
 
 fn one(a: OneArgs) -> anyhow::Result<ExitCode> {
     set_threads(a.threads)?;
+    if let Some(mib) = a.buffer_cache_mib {
+        crate::ALLOCATOR.set_idle_limit(mib << 20);
+    }
+    if a.no_buffer_cache {
+        crate::ALLOCATOR.set_idle_limit(0);
+    }
     let timing = match (&a.form, a.mode) {
         (Some(form), _) => {
             let form = match form.as_str() {
@@ -164,10 +181,10 @@ fn one(a: OneArgs) -> anyhow::Result<ExitCode> {
             let mut config = TrainConfig::new(mode.mode());
             config.lora.rank = a.rank;
             config.lora.alpha = 2.0 * a.rank as f32;
-            let kernel = if a.burn_attention {
-                AttentionKernel::Burn
-            } else {
+            let kernel = if a.blocked_attention {
                 AttentionKernel::Blocked
+            } else {
+                AttentionKernel::Fused
             };
             time_training_steps(&a.base, &config, kernel, a.seq, a.warmup, a.steps)?
         }
@@ -291,9 +308,17 @@ fn train(a: TrainBenchArgs) -> anyhow::Result<ExitCode> {
             let ours = json_of(cmd, "the burn measurement")?;
             let fallback = if a.attention_baseline {
                 let mut cmd = child(&base, Some(threads))?;
-                cmd.args(["--mode", mode.name(), "--burn-attention"])
+                cmd.args(["--mode", mode.name(), "--blocked-attention"])
                     .args(common(&a, seq));
-                Some(json_of(cmd, "the burn-attention measurement")?)
+                Some(json_of(cmd, "the blocked-attention measurement")?)
+            } else {
+                None
+            };
+            let uncached = if a.buffer_cache_baseline {
+                let mut cmd = child(&base, Some(threads))?;
+                cmd.args(["--mode", mode.name(), "--no-buffer-cache"])
+                    .args(common(&a, seq));
+                Some(json_of(cmd, "the measurement without buffer cache")?)
             } else {
                 None
             };
@@ -318,11 +343,16 @@ fn train(a: TrainBenchArgs) -> anyhow::Result<ExitCode> {
                 "mode": mode.name(),
                 "seq": seq,
                 "burn": ours,
-                "burn_attention_fallback": fallback,
-                "blocked_over_fallback": fallback
+                "blocked_attention": fallback,
+                "fused_over_blocked": fallback
                     .as_ref()
                     .and_then(|f| f["tokens_per_s"].as_f64())
                     .map(|f| ours_tps / f),
+                "burn_without_buffer_cache": uncached,
+                "cached_over_uncached": uncached
+                    .as_ref()
+                    .and_then(|u| u["tokens_per_s"].as_f64())
+                    .map(|u| ours_tps / u),
                 "pytorch": theirs,
                 "ratio": theirs_tps.map(|t| ours_tps / t),
                 "burn_gflops": gflops,
@@ -406,16 +436,29 @@ fn print_report(r: &Value) {
         );
     }
     for row in r["runs"].as_array().into_iter().flatten() {
-        if row["burn_attention_fallback"].is_null() {
+        if row["blocked_attention"].is_null() {
             continue;
         }
         println!(
-            "{} seq {}: burn's own attention {} tok/s, peak RSS {} MiB (the blocked kernel: {}× its speed)",
+            "{} seq {}: attention of burn operations in blocks {} tok/s, peak RSS {} MiB (the fused kernel: {}× its speed)",
             row["mode"].as_str().unwrap_or("?"),
             row["seq"],
-            f(&row["burn_attention_fallback"]["tokens_per_s"], 1),
-            f(&row["burn_attention_fallback"]["peak_rss_mib"], 0),
-            f(&row["blocked_over_fallback"], 2),
+            f(&row["blocked_attention"]["tokens_per_s"], 1),
+            f(&row["blocked_attention"]["peak_rss_mib"], 0),
+            f(&row["fused_over_blocked"], 2),
+        );
+    }
+    for row in r["runs"].as_array().into_iter().flatten() {
+        if row["burn_without_buffer_cache"].is_null() {
+            continue;
+        }
+        println!(
+            "{} seq {}: without the buffer cache {} tok/s, peak RSS {} MiB (with it: {}× its speed)",
+            row["mode"].as_str().unwrap_or("?"),
+            row["seq"],
+            f(&row["burn_without_buffer_cache"]["tokens_per_s"], 1),
+            f(&row["burn_without_buffer_cache"]["peak_rss_mib"], 0),
+            f(&row["cached_over_uncached"], 2),
         );
     }
     for form in r["adapter_forms"].as_array().into_iter().flatten() {

@@ -25,11 +25,15 @@ pub const ATTENTION_BLOCK: usize = 128;
 /// How the student computes attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttentionKernel {
-    /// [`blocked_causal_attention`]: the default.
+    /// [`crate::fused_attention::fused_causal_attention`] on the CPU (one operation with its
+    /// own backward pass), [`blocked_causal_attention`] on other devices: the default.
     #[default]
+    Fused,
+    /// [`blocked_causal_attention`] on every device (built from burn's operations); kept as
+    /// the baseline `bench train --attention-baseline` measures the fused kernel against.
     Blocked,
     /// [`burn_grouped_attention`] (its autodiff fallback forms the full `L×L` scores); kept
-    /// as the baseline `bench train --attention-baseline` measures against.
+    /// as a second baseline (`bench train --attention-baseline`).
     Burn,
 }
 

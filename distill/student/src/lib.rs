@@ -2,10 +2,13 @@
 //! SmolLM2 and Qwen2), built from a GGUF file's weights, and its parity check against
 //! llama.cpp, the engine the runtime runs it with.
 //!
+//! - [`buffers`]: a global allocator for training processes that reuses freed large buffers;
 //! - [`config`]: the shape, from GGUF metadata;
 //! - [`device`]: the compute back-end (CPU `flex`, GPU `wgpu` behind a feature);
 //! - [`model`]: the decoder as burn modules (forward pass only; each projection is a
 //!   [`model::Linear`] that can carry a low-rank adapter for fine-tuning);
+//! - [`attention`], [`fused_attention`]: causal attention for training (burn operations in
+//!   blocks; one CPU operation with its own backward pass, the default on the CPU);
 //! - [`gguf`]: weights in (candle-core's GGUF reader and dequantisation), the tensor-name
 //!   mapping and how llama.cpp's q/k rows meet RoPE;
 //! - [`parity`]: the same tokens through the student and through llama.cpp, logits compared;
@@ -23,10 +26,12 @@
 
 pub mod adapter;
 pub mod attention;
+pub mod buffers;
 pub mod config;
 pub mod device;
 mod error;
 pub mod export;
+pub mod fused_attention;
 pub mod gguf;
 pub mod model;
 pub mod parity;

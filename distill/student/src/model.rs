@@ -23,6 +23,7 @@ use crate::attention::{
 };
 use crate::config::{RopeStyle, StudentConfig};
 use crate::error::{Result, StudentError};
+use crate::fused_attention::fused_causal_attention;
 
 /// A low-rank adapter of one [`Linear`]: adds `scale · (drop(x)·A)·B`, `A: [d_input, rank]`,
 /// `B: [rank, d_output]`, where `drop` is dropout while training (LoRA's, on the adapter's
@@ -223,8 +224,9 @@ impl Attention {
         let v = heads(v, self.n_kv_heads);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let out = match &positions.causal {
-            Some(masks) => blocked_causal_attention(q, k, v, scale, masks),
-            None => burn_grouped_attention(q, k, v, scale),
+            Causal::Fused => fused_causal_attention(q, k, v, scale),
+            Causal::Blocked(masks) => blocked_causal_attention(q, k, v, scale, masks),
+            Causal::Burn => burn_grouped_attention(q, k, v, scale),
         };
         let out = out
             .swap_dims(1, 2)
@@ -437,23 +439,35 @@ pub fn tensor_to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
         .map_err(|e| StudentError::InvalidInput(format!("reading a tensor back: {e:?}")))
 }
 
-/// What every layer of one forward pass shares about its positions: the rotations and,
-/// for [`AttentionKernel::Blocked`], the causal masks.
+/// What every layer of one forward pass shares about its positions: the rotations and the
+/// attention kernel (with the blocked kernel's causal masks).
 struct Positions {
     rope: Rope,
-    causal: Option<CausalBlocks>,
+    causal: Causal,
+}
+
+/// The attention of one forward pass, with what it needs built once for all layers.
+enum Causal {
+    Fused,
+    Blocked(CausalBlocks),
+    Burn,
 }
 
 impl Positions {
     fn new(config: &StudentConfig, kernel: AttentionKernel, seq: usize, device: &Device) -> Self {
+        // The fused kernel is a CPU (`flex`) operation; other devices use the blocked one.
+        let on_cpu = device.clone().inner() == Device::flex();
         let causal = match kernel {
-            AttentionKernel::Blocked => Some(CausalBlocks::new(
-                seq,
-                config.n_heads / config.n_kv_heads,
-                ATTENTION_BLOCK,
-                device,
-            )),
-            AttentionKernel::Burn => None,
+            AttentionKernel::Fused if on_cpu => Causal::Fused,
+            AttentionKernel::Fused | AttentionKernel::Blocked => {
+                Causal::Blocked(CausalBlocks::new(
+                    seq,
+                    config.n_heads / config.n_kv_heads,
+                    ATTENTION_BLOCK,
+                    device,
+                ))
+            }
+            AttentionKernel::Burn => Causal::Burn,
         };
         Self {
             rope: Rope::new(config, seq, device),
