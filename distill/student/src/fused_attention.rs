@@ -554,7 +554,7 @@ fn backward_head(
 /// the exponent bits. Written branch-free so the loop vectorises. Inputs are clamped to
 /// [−87.3, 88.3], where `2^n` is a normal f32: the softmax only passes numbers ≤ 0, and
 /// below −87.3 it gets ~1e-38 instead of a subnormal or 0.
-fn exp_in_place(xs: &mut [f32]) {
+pub(crate) fn exp_in_place(xs: &mut [f32]) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;

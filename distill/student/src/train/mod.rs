@@ -6,6 +6,7 @@
 //!   and the seeded order of examples;
 //! - `params`: the trainable parameters by name, fresh adapters;
 //! - [`loss`]: the masked loss of one example (the head only at masked positions);
+//! - [`fused_nll`]: its negative log-likelihood as one CPU operation with its own backward;
 //! - `optim`: AdamW (burn's) with its per-parameter states kept for checkpoints;
 //! - [`checkpoint`]: the run directory, checkpoints, metrics;
 //! - [`trainer`]: the loop;
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod fused_nll;
 pub mod loss;
 mod optim;
 mod params;
