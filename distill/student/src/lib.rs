@@ -9,6 +9,7 @@
 //!   [`model::Linear`] that can carry a low-rank adapter for fine-tuning);
 //! - [`attention`], [`fused_attention`]: causal attention for training (burn operations in
 //!   blocks; one CPU operation with its own backward pass, the default on the CPU);
+//! - [`fused_swiglu`]: the MLP's `silu(gate)·up` as one CPU operation with its own backward;
 //! - [`gguf`]: weights in (candle-core's GGUF reader and dequantisation), the tensor-name
 //!   mapping and how llama.cpp's q/k rows meet RoPE;
 //! - [`parity`]: the same tokens through the student and through llama.cpp, logits compared;
@@ -32,6 +33,7 @@ pub mod device;
 mod error;
 pub mod export;
 pub mod fused_attention;
+pub mod fused_swiglu;
 pub mod gguf;
 pub mod model;
 pub mod parity;

@@ -24,6 +24,7 @@ use crate::attention::{
 use crate::config::{RopeStyle, StudentConfig};
 use crate::error::{Result, StudentError};
 use crate::fused_attention::fused_causal_attention;
+use crate::fused_swiglu::fused_swiglu;
 use crate::train::data::SplitMix64;
 
 /// A low-rank adapter of one [`Linear`]: adds `scale · (drop(x)·A)·B`, `A: [d_input, rank]`,
@@ -86,6 +87,12 @@ impl LowRank {
         let down = linear(x, self.a.val(), None);
         linear(down, self.b.val(), None).mul_scalar(self.scale)
     }
+}
+
+/// Whether `device` is burn's `flex` CPU device (plain or autodiff), where the fused
+/// operations (`fused_attention`, `fused_swiglu`, the loss's `fused_nll`) run.
+pub(crate) fn on_cpu(device: &Device) -> bool {
+    device.clone().inner() == Device::flex()
 }
 
 /// A mask of `shape` that is true with probability `p` per element. Its seed is drawn from
@@ -274,7 +281,11 @@ pub struct Mlp {
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [gate, up] = project_shared([&self.gate, &self.up], x);
-        let gated = silu(gate) * up;
+        let gated = if on_cpu(&gate.device()) {
+            fused_swiglu(gate, up)
+        } else {
+            silu(gate) * up
+        };
         self.down.forward(gated)
     }
 }
@@ -481,9 +492,8 @@ enum Causal {
 impl Positions {
     fn new(config: &StudentConfig, kernel: AttentionKernel, seq: usize, device: &Device) -> Self {
         // The fused kernel is a CPU (`flex`) operation; other devices use the blocked one.
-        let on_cpu = device.clone().inner() == Device::flex();
         let causal = match kernel {
-            AttentionKernel::Fused if on_cpu => Causal::Fused,
+            AttentionKernel::Fused if on_cpu(device) => Causal::Fused,
             AttentionKernel::Fused | AttentionKernel::Blocked => {
                 Causal::Blocked(CausalBlocks::new(
                     seq,

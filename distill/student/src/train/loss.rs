@@ -4,10 +4,11 @@
 //! head is the model's widest product (49,152 × 576 for SmolLM2).
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use super::fused_nll::fused_nll;
 use crate::error::{Result, StudentError};
+use crate::model::on_cpu;
 use crate::model::Student;
 
 /// The positions of an example that carry loss: `p` such that `mask[p + 1] == 1`, as
@@ -53,7 +54,7 @@ pub fn example_nll(
     );
     let logits = model.head(picked);
     // On the CPU one fused operation (see `fused_nll`); elsewhere burn's operations.
-    let nll = if device.clone().inner() == Device::flex() {
+    let nll = if on_cpu(&device) {
         let targets = targets.iter().map(|&t| t as u32).collect();
         fused_nll(logits.reshape([count, model.config.vocab_size]), targets)
     } else {
