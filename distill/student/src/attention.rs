@@ -141,6 +141,7 @@ pub fn burn_grouped_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::max_abs_diff;
     use crate::model::tensor_to_vec;
     use burn::tensor::Distribution;
 
@@ -156,15 +157,6 @@ mod tests {
             &device,
         )
         .reshape(shape)
-    }
-
-    fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
-        let (a, b) = (tensor_to_vec(a).unwrap(), tensor_to_vec(b).unwrap());
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -194,7 +186,7 @@ mod tests {
             let ours = blocked_causal_attention(q.clone(), k.clone(), v.clone(), scale, &masks);
             let theirs = burn_grouped_attention(q.clone(), k.clone(), v.clone(), scale);
             assert!(
-                max_diff(ours.clone().inner(), theirs.clone().inner()) < 1e-5,
+                max_abs_diff(ours.clone().inner(), theirs.clone().inner()) < 1e-5,
                 "block {block}"
             );
             let grads_ours = (ours * weights.clone()).sum().backward();
@@ -202,7 +194,7 @@ mod tests {
             for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
                 let a = t.grad(&grads_ours).unwrap();
                 let b = t.grad(&grads_theirs).unwrap();
-                assert!(max_diff(a, b) < 1e-5, "d{name}, block {block}");
+                assert!(max_abs_diff(a, b) < 1e-5, "d{name}, block {block}");
             }
         }
     }

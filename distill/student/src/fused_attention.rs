@@ -252,35 +252,11 @@ fn forward_tile(
     let (seq, dim) = (d.seq, d.dim);
     let rows = lse.len();
     let keys = r0 + rows;
-    let q = &q[(bh * seq + r0) * dim..][..rows * dim];
-    let k = &k[d.kv_offset(bh)..][..keys * dim];
-    let v = &v[d.kv_offset(bh)..][..keys * dim];
+    let q = Operand::new(&q[(bh * seq + r0) * dim..][..rows * dim], rows, dim);
+    let k = Operand::new(&k[d.kv_offset(bh)..][..keys * dim], keys, dim);
+    let v = Operand::new(&v[d.kv_offset(bh)..][..keys * dim], keys, dim);
     let mut scores = vec![0.0f32; rows * keys];
-    // scores = scale · q · kᵀ
-    // SAFETY: every pointer and stride describes memory inside the slices above.
-    unsafe {
-        gemm::gemm(
-            rows,
-            keys,
-            dim,
-            scores.as_mut_ptr(),
-            1,
-            keys as isize,
-            false,
-            q.as_ptr(),
-            1,
-            dim as isize,
-            k.as_ptr(),
-            dim as isize,
-            1,
-            0.0,
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    product(&mut scores, q, k.t(), scale, false);
     for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
         let visible = r0 + i + 1;
         let (seen, unseen) = row.split_at_mut(visible);
@@ -297,31 +273,7 @@ fn forward_tile(
         unseen.fill(0.0);
         lse[i] = max + total.ln();
     }
-    // out = p · v
-    // SAFETY: as above.
-    unsafe {
-        gemm::gemm(
-            rows,
-            dim,
-            keys,
-            out.as_mut_ptr(),
-            1,
-            dim as isize,
-            false,
-            scores.as_ptr(),
-            1,
-            keys as isize,
-            v.as_ptr(),
-            1,
-            dim as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    product(out, Operand::new(&scores, rows, keys), v, 1.0, false);
 }
 
 /// Gradients of q, k and v from the output's gradient.
@@ -403,33 +355,12 @@ fn backward_head(
         let r1 = (r0 + QUERY_TILE).min(seq);
         let (rows, keys) = (r1 - r0, r1);
         let (p, dp) = (&mut p[..rows * keys], &mut dp[..rows * keys]);
-        let q_tile = &q[r0 * dim..r1 * dim];
-        let g_tile = &g[r0 * dim..r1 * dim];
-        // SAFETY (every gemm below): pointers and strides stay inside the slices named.
-        unsafe {
-            // p = scale · q · kᵀ, then exp(p − lse) on the visible keys.
-            gemm::gemm(
-                rows,
-                keys,
-                dim,
-                p.as_mut_ptr(),
-                1,
-                keys as isize,
-                false,
-                q_tile.as_ptr(),
-                1,
-                dim as isize,
-                k.as_ptr(),
-                dim as isize,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        let q_tile = Operand::new(&q[r0 * dim..r1 * dim], rows, dim);
+        let g_tile = Operand::new(&g[r0 * dim..r1 * dim], rows, dim);
+        let k_seen = Operand::new(&k[..keys * dim], keys, dim);
+        let v_seen = Operand::new(&v[..keys * dim], keys, dim);
+        // p = exp(scale · q · kᵀ − lse) on the visible keys, 0 after them.
+        product(p, q_tile, k_seen.t(), scale, false);
         for (i, row) in p.chunks_exact_mut(keys).enumerate() {
             let visible = r0 + i + 1;
             let (seen, unseen) = row.split_at_mut(visible);
@@ -440,55 +371,17 @@ fn backward_head(
             exp_in_place(seen);
             unseen.fill(0.0);
         }
-        unsafe {
-            // dv += pᵀ · g
-            gemm::gemm(
-                keys,
-                dim,
-                rows,
-                dv.as_mut_ptr(),
-                1,
-                dim as isize,
-                true,
-                p.as_ptr(),
-                keys as isize,
-                1,
-                g_tile.as_ptr(),
-                1,
-                dim as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-            // dp = g · vᵀ
-            gemm::gemm(
-                rows,
-                keys,
-                dim,
-                dp.as_mut_ptr(),
-                1,
-                keys as isize,
-                false,
-                g_tile.as_ptr(),
-                1,
-                dim as isize,
-                v.as_ptr(),
-                dim as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        product(
+            &mut dv[..keys * dim],
+            Operand::new(p, rows, keys).t(),
+            g_tile,
+            1.0,
+            true,
+        );
+        product(dp, g_tile, v_seen.t(), 1.0, false);
         // ds = p ∘ (dp − rowsum(g ∘ o)), written over p.
         for i in 0..rows {
-            let delta: f32 = g_tile[i * dim..][..dim]
+            let delta: f32 = g[(r0 + i) * dim..][..dim]
                 .iter()
                 .zip(&o[(r0 + i) * dim..][..dim])
                 .map(|(a, b)| a * b)
@@ -500,52 +393,99 @@ fn backward_head(
                 *x *= y - delta;
             }
         }
-        unsafe {
-            // dq = scale · ds · k
-            gemm::gemm(
-                rows,
-                dim,
-                keys,
-                dq[r0 * dim..].as_mut_ptr(),
-                1,
-                dim as isize,
-                false,
-                p.as_ptr(),
-                1,
-                keys as isize,
-                k.as_ptr(),
-                1,
-                dim as isize,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-            // dk += scale · dsᵀ · q
-            gemm::gemm(
-                keys,
-                dim,
-                rows,
-                dk.as_mut_ptr(),
-                1,
-                dim as isize,
-                true,
-                p.as_ptr(),
-                keys as isize,
-                1,
-                q_tile.as_ptr(),
-                1,
-                dim as isize,
-                1.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        let ds = Operand::new(p, rows, keys);
+        product(&mut dq[r0 * dim..r1 * dim], ds, k_seen, scale, false);
+        product(&mut dk[..keys * dim], ds.t(), q_tile, scale, true);
+    }
+}
+
+/// A matrix [`product`] reads: `rows × cols` elements of a slice in row-major order, or (after
+/// [`Operand::t`]) its transpose, read through strides without a copy.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl<'a> Operand<'a> {
+    fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert!(
+            data.len() >= rows * cols,
+            "a {rows}×{cols} operand of {} elements",
+            data.len()
+        );
+        Self {
+            data,
+            rows,
+            cols,
+            transposed: false,
         }
+    }
+
+    /// The transpose.
+    fn t(self) -> Self {
+        Self {
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+
+    /// `(rows, columns)` as the product sees them.
+    fn shape(&self) -> (usize, usize) {
+        if self.transposed {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+
+    /// `(row stride, column stride)` as the product sees them.
+    fn strides(&self) -> (isize, isize) {
+        if self.transposed {
+            (1, self.cols as isize)
+        } else {
+            (self.cols as isize, 1)
+        }
+    }
+}
+
+/// `dst = beta · a · b`, or `dst += beta · a · b` when `accumulate`; `dst` is row-major with
+/// `b`'s column count. Single-threaded: the callers are rayon tasks already.
+fn product(dst: &mut [f32], a: Operand, b: Operand, beta: f32, accumulate: bool) {
+    let ((m, k), (k_b, n)) = (a.shape(), b.shape());
+    assert_eq!(k, k_b, "product of {m}×{k} and {k_b}×{n}");
+    assert!(
+        dst.len() >= m * n,
+        "a {m}×{n} product into {} elements",
+        dst.len()
+    );
+    let ((a_rs, a_cs), (b_rs, b_cs)) = (a.strides(), b.strides());
+    // SAFETY: the asserts above and in `Operand::new` keep every element the strides reach
+    // inside `dst`, `a.data` and `b.data`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            if accumulate { 1.0 } else { 0.0 },
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -577,6 +517,7 @@ pub(crate) fn exp_in_place(xs: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::attention::{blocked_causal_attention, CausalBlocks};
+    use crate::model::max_abs_diff;
     use burn::tensor::{Device, Distribution};
 
     #[test]
@@ -594,16 +535,6 @@ mod tests {
     fn random(shape: [usize; 4], seed: u64, device: &Device) -> Tensor<4> {
         device.seed(seed);
         Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
-    }
-
-    fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
-        let a = a.into_data().try_to_vec::<f32>().unwrap();
-        let b = b.into_data().try_to_vec::<f32>().unwrap();
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
     }
 
     /// Values and q/k/v gradients against the blocked attention built from burn's operations,
@@ -632,13 +563,13 @@ mod tests {
 
             let what = format!("b{batch} h{heads}/{kv_heads} seq {seq} dim {dim}");
             assert!(
-                max_diff(fused.inner(), reference.inner()) < 1e-5,
+                max_abs_diff(fused.inner(), reference.inner()) < 1e-5,
                 "values, {what}"
             );
             for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
                 let a = t.grad(&fused_grads).unwrap();
                 let b = t.grad(&reference_grads).unwrap();
-                let diff = max_diff(a, b);
+                let diff = max_abs_diff(a, b);
                 assert!(diff < 1e-4, "grad {name} differs by {diff}, {what}");
             }
         }
@@ -653,6 +584,6 @@ mod tests {
         let fused = fused_causal_attention(q.clone(), k.clone(), v.clone(), 0.25);
         let masks = CausalBlocks::new(70, 2, 32, &device);
         let reference = blocked_causal_attention(q, k, v, 0.25, &masks);
-        assert!(max_diff(fused, reference) < 1e-5);
+        assert!(max_abs_diff(fused, reference) < 1e-5);
     }
 }

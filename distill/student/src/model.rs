@@ -468,6 +468,17 @@ impl Student {
     }
 }
 
+/// The largest absolute difference between two tensors of one shape (tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    let (a, b) = (tensor_to_vec(a).unwrap(), tensor_to_vec(b).unwrap());
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 /// Reads a float tensor back as `f32`s, in row-major order.
 pub fn tensor_to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.into_data()
@@ -579,11 +590,7 @@ mod tests {
     }
 
     fn close(a: Tensor<2>, b: Tensor<2>) -> f32 {
-        let (a, b) = (tensor_to_vec(a).unwrap(), tensor_to_vec(b).unwrap());
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
+        max_abs_diff(a, b)
     }
 
     #[test]
