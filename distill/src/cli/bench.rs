@@ -229,6 +229,31 @@ fn child(base: &Path, threads: Option<usize>) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// A variant of the trainer that `bench train` times beside it, in its own child process.
+struct Baseline {
+    /// The `train-one` flag that selects it.
+    child_flag: &'static str,
+    /// Its timing's key in each JSON row, and the key of the trainer's speed over it.
+    key: &'static str,
+    ratio_key: &'static str,
+    /// What it is, in the report.
+    label: &'static str,
+}
+
+const ATTENTION_BASELINE: Baseline = Baseline {
+    child_flag: "--blocked-attention",
+    key: "blocked_attention",
+    ratio_key: "fused_over_blocked",
+    label: "attention of burn operations in blocks",
+};
+
+const BUFFER_CACHE_BASELINE: Baseline = Baseline {
+    child_flag: "--no-buffer-cache",
+    key: "burn_without_buffer_cache",
+    ratio_key: "cached_over_uncached",
+    label: "without the buffer cache",
+};
+
 struct Torch {
     python: PathBuf,
     script: PathBuf,
@@ -300,28 +325,26 @@ fn train(a: TrainBenchArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let baselines: Vec<&Baseline> = [
+        (a.attention_baseline, &ATTENTION_BASELINE),
+        (a.buffer_cache_baseline, &BUFFER_CACHE_BASELINE),
+    ]
+    .into_iter()
+    .filter_map(|(wanted, b)| wanted.then_some(b))
+    .collect();
     let mut rows = Vec::new();
     for &mode in &a.mode {
         for &seq in &a.seq {
             let mut cmd = child(&base, Some(threads))?;
             cmd.args(["--mode", mode.name()]).args(common(&a, seq));
             let ours = json_of(cmd, "the burn measurement")?;
-            let fallback = if a.attention_baseline {
+            let mut variants = Vec::new();
+            for baseline in &baselines {
                 let mut cmd = child(&base, Some(threads))?;
-                cmd.args(["--mode", mode.name(), "--blocked-attention"])
+                cmd.args(["--mode", mode.name(), baseline.child_flag])
                     .args(common(&a, seq));
-                Some(json_of(cmd, "the blocked-attention measurement")?)
-            } else {
-                None
-            };
-            let uncached = if a.buffer_cache_baseline {
-                let mut cmd = child(&base, Some(threads))?;
-                cmd.args(["--mode", mode.name(), "--no-buffer-cache"])
-                    .args(common(&a, seq));
-                Some(json_of(cmd, "the measurement without buffer cache")?)
-            } else {
-                None
-            };
+                variants.push((baseline, json_of(cmd, baseline.label)?));
+            }
             let theirs = match &torch {
                 Some(t) => {
                     let mut cmd = t.command(&base, threads);
@@ -339,25 +362,21 @@ fn train(a: TrainBenchArgs) -> anyhow::Result<ExitCode> {
             let ours_tps = ours["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
             let gflops = ours_tps * flops_per_token(params, mode.mode()) / 1e9;
             let theirs_tps = theirs.as_ref().and_then(|t| t["tokens_per_s"].as_f64());
-            rows.push(json!({
+            let mut row = json!({
                 "mode": mode.name(),
                 "seq": seq,
                 "burn": ours,
-                "blocked_attention": fallback,
-                "fused_over_blocked": fallback
-                    .as_ref()
-                    .and_then(|f| f["tokens_per_s"].as_f64())
-                    .map(|f| ours_tps / f),
-                "burn_without_buffer_cache": uncached,
-                "cached_over_uncached": uncached
-                    .as_ref()
-                    .and_then(|u| u["tokens_per_s"].as_f64())
-                    .map(|u| ours_tps / u),
                 "pytorch": theirs,
                 "ratio": theirs_tps.map(|t| ours_tps / t),
                 "burn_gflops": gflops,
                 "burn_fraction_of_peak": gflops / burn_peak,
-            }));
+            });
+            for (baseline, timing) in variants {
+                let speedup = timing["tokens_per_s"].as_f64().map(|t| ours_tps / t);
+                row[baseline.key] = timing;
+                row[baseline.ratio_key] = json!(speedup);
+            }
+            rows.push(row);
         }
     }
     let mut forms = Vec::new();
@@ -435,31 +454,21 @@ fn print_report(r: &Value) {
             f(&row["pytorch"]["peak_rss_mb"], 0),
         );
     }
-    for row in r["runs"].as_array().into_iter().flatten() {
-        if row["blocked_attention"].is_null() {
-            continue;
+    for baseline in [&ATTENTION_BASELINE, &BUFFER_CACHE_BASELINE] {
+        for row in r["runs"].as_array().into_iter().flatten() {
+            if row[baseline.key].is_null() {
+                continue;
+            }
+            println!(
+                "{} seq {}: {} {} tok/s, peak RSS {} MiB (the trainer: {}× its speed)",
+                row["mode"].as_str().unwrap_or("?"),
+                row["seq"],
+                baseline.label,
+                f(&row[baseline.key]["tokens_per_s"], 1),
+                f(&row[baseline.key]["peak_rss_mib"], 0),
+                f(&row[baseline.ratio_key], 2),
+            );
         }
-        println!(
-            "{} seq {}: attention of burn operations in blocks {} tok/s, peak RSS {} MiB (the fused kernel: {}× its speed)",
-            row["mode"].as_str().unwrap_or("?"),
-            row["seq"],
-            f(&row["blocked_attention"]["tokens_per_s"], 1),
-            f(&row["blocked_attention"]["peak_rss_mib"], 0),
-            f(&row["fused_over_blocked"], 2),
-        );
-    }
-    for row in r["runs"].as_array().into_iter().flatten() {
-        if row["burn_without_buffer_cache"].is_null() {
-            continue;
-        }
-        println!(
-            "{} seq {}: without the buffer cache {} tok/s, peak RSS {} MiB (with it: {}× its speed)",
-            row["mode"].as_str().unwrap_or("?"),
-            row["seq"],
-            f(&row["burn_without_buffer_cache"]["tokens_per_s"], 1),
-            f(&row["burn_without_buffer_cache"]["peak_rss_mib"], 0),
-            f(&row["cached_over_uncached"], 2),
-        );
     }
     for form in r["adapter_forms"].as_array().into_iter().flatten() {
         println!(
