@@ -195,44 +195,21 @@ fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, scale: f32) -> (FlexT
     let d = Dims::of(&q, &k);
     let (qs, ks, vs) = (f32s(&q), f32s(&k), f32s(&v));
     let (seq, dim) = (d.seq, d.dim);
-    let tiles = seq.div_ceil(QUERY_TILE);
     let mut out = vec![0.0f32; d.batch * d.heads * seq * dim];
     let mut lse = vec![0.0f32; d.batch * d.heads * seq];
     // One task per (head, tile of query rows): each writes its own rows of `out` and `lse`.
-    let out_tiles = out.par_chunks_mut(QUERY_TILE * dim);
-    let lse_tiles = lse.par_chunks_mut(QUERY_TILE);
-    // A head's rows split into whole tiles plus a last partial one, so chunk `i` of the
-    // flat arrays is not tile `i` unless seq is a multiple of the tile; index per head.
-    if seq.is_multiple_of(QUERY_TILE) {
-        out_tiles
-            .zip(lse_tiles)
-            .enumerate()
-            .for_each(|(i, (o, l))| {
-                let (bh, tile) = (i / tiles, i % tiles);
-                forward_tile(qs, ks, vs, d, scale, bh, tile * QUERY_TILE, o, l);
-            });
-    } else {
-        out.par_chunks_mut(seq * dim)
-            .zip(lse.par_chunks_mut(seq))
-            .enumerate()
-            .for_each(|(bh, (o, l))| {
-                for tile in 0..tiles {
-                    let r0 = tile * QUERY_TILE;
-                    let r1 = (r0 + QUERY_TILE).min(seq);
-                    forward_tile(
-                        qs,
-                        ks,
-                        vs,
-                        d,
-                        scale,
-                        bh,
-                        r0,
-                        &mut o[r0 * dim..r1 * dim],
-                        &mut l[r0..r1],
-                    );
-                }
-            });
-    }
+    // Tiles are split within each head, so a partial last tile never spans two heads.
+    out.par_chunks_mut(seq * dim)
+        .zip(lse.par_chunks_mut(seq))
+        .enumerate()
+        .for_each(|(bh, (o, l))| {
+            o.par_chunks_mut(QUERY_TILE * dim)
+                .zip(l.par_chunks_mut(QUERY_TILE))
+                .enumerate()
+                .for_each(|(tile, (o, l))| {
+                    forward_tile(qs, ks, vs, d, scale, bh, tile * QUERY_TILE, o, l);
+                });
+        });
     (tensor(out, [d.batch, d.heads, seq, dim]), lse)
 }
 

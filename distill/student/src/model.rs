@@ -589,10 +589,6 @@ mod tests {
         Tensor::from_data(TensorData::new(values, shape), &Device::flex())
     }
 
-    fn close(a: Tensor<2>, b: Tensor<2>) -> f32 {
-        max_abs_diff(a, b)
-    }
-
     #[test]
     fn an_adapter_adds_its_low_rank_product_beside_the_frozen_weight() {
         let w = tensor((0..12).map(|x| x as f32 * 0.1 - 0.5).collect(), [3, 4]);
@@ -602,10 +598,10 @@ mod tests {
         let mut layer = Linear::new(w.clone(), None);
         let base = layer.forward(x.clone());
         layer.adapter = Some(LowRank::new(a.clone(), b.zeros_like(), 0.5));
-        assert_eq!(close(layer.forward(x.clone()), base), 0.0);
+        assert_eq!(max_abs_diff(layer.forward(x.clone()), base), 0.0);
         layer.adapter = Some(LowRank::new(a.clone(), b.clone(), 0.5));
         let merged = Linear::new(w + a.matmul(b).mul_scalar(0.5), None);
-        assert!(close(layer.forward(x.clone()), merged.forward(x)) < 1e-5);
+        assert!(max_abs_diff(layer.forward(x.clone()), merged.forward(x)) < 1e-5);
     }
 
     #[test]
@@ -625,14 +621,14 @@ mod tests {
         let (first, second) = (layer(), layer());
         // Equal layers fed one draw give equal outputs...
         let [p, q] = project_shared([&first, &second], x.clone());
-        assert_eq!(close(p, q), 0.0);
+        assert_eq!(max_abs_diff(p, q), 0.0);
         // ...where separate draws (each layer's own forward) differ.
-        assert!(close(first.forward(x.clone()), second.forward(x.clone())) > 1e-3);
+        assert!(max_abs_diff(first.forward(x.clone()), second.forward(x.clone())) > 1e-3);
         // Without training, the shared path is the plain one.
         let mut plain = layer();
         plain.adapter.as_mut().unwrap().training = false;
         let [shared] = project_shared([&plain], x.clone());
-        assert_eq!(close(shared, plain.forward(x)), 0.0);
+        assert_eq!(max_abs_diff(shared, plain.forward(x)), 0.0);
     }
 
     #[test]
