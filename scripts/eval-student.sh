@@ -8,7 +8,9 @@
 #                      --adapter ADAPTER.gguf --prompt models/prompts/student.toml
 #      a CoT-distilled adapter:            MODES=cot scripts/eval-student.sh runs/cot 20 \
 #                      --adapter COT_ADAPTER.gguf
-# SETS (default "hotpotqa-distractor gsm-hard hipporag-musique math500") picks the sets;
+# SETS (default "hotpotqa-distractor gsm-hard hipporag-musique math500") picks the sets, by
+# name or as JSONL files (e.g. the dev sets of scripts/dev-sets.py: choose hyper-parameters
+# on those, never on the held-out sets);
 # MODES (default "grammar") may add "sag8" and "nogrammar" agent rows, or "cot" (one
 # chain-of-thought reply, models/prompts/eval-cot.toml). Re-running resumes.
 set -euo pipefail
@@ -29,14 +31,15 @@ for mode in $MODES; do
     *) echo "eval-student.sh: unknown mode $mode (grammar, nogrammar, sag8, cot)" >&2; exit 2 ;;
   esac
   for set in $SETS; do
+    name=$(basename "$set" .jsonl)
     corpus=()
     case $mode:$set in cot:*) ;; *:hotpotqa-distractor|*:hipporag-*) corpus=(--corpus own) ;; esac
     t0=$(date +%s)
     "$BIN" eval --dataset "$set" "${corpus[@]}" "${flags[@]}" --limit "$LIMIT" \
-      --resume --out "$OUT/$set-$mode" "$@" >"$OUT/$set-$mode.table.md" 2>>"$OUT/$set-$mode.log" || {
-      echo "run $set-$mode failed (see $OUT/$set-$mode.log)" >&2; exit 1; }
-    echo "$set-$mode $LIMIT $(( $(date +%s) - t0 ))" >>"$OUT/wall-times.txt"
-    echo "$set-$mode (first $LIMIT) done in $(( $(date +%s) - t0 )) s" >&2
+      --resume --out "$OUT/$name-$mode" "$@" >"$OUT/$name-$mode.table.md" 2>>"$OUT/$name-$mode.log" || {
+      echo "run $name-$mode failed (see $OUT/$name-$mode.log)" >&2; exit 1; }
+    echo "$name-$mode $LIMIT $(( $(date +%s) - t0 ))" >>"$OUT/wall-times.txt"
+    echo "$name-$mode (first $LIMIT) done in $(( $(date +%s) - t0 )) s" >&2
   done
 done
 "$BIN" eval report "$OUT"/*/ >"$OUT/report.md"
